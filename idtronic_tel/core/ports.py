@@ -1,0 +1,160 @@
+"""What the edges (smpp/, ivr/) need from the core.
+
+The SMPP and Asterisk edges never touch the database: they call these interfaces, which the core
+implements on top of its thread pool (every method returns a Deferred and never blocks the reactor).
+Tests of the edges use in-memory fakes of the same interfaces.
+
+Records are plain frozen dataclasses, never live ORM objects.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from twisted.internet.defer import Deferred
+
+# ---------------------------------------------------------------------------------------------------------
+# SMS outbox (filled by the core in the same transaction as the payment / challenge; drained by smpp/)
+
+
+class SmsState(enum.StrEnum):
+    QUEUED = "queued"  # waiting in the outbox
+    SENDING = "sending"  # claimed by a worker; submit_sm may be on the wire
+    SUBMITTED = "submitted"  # submit_sm_resp OK (or in doubt, see SmsOutbox.mark_in_doubt)
+    DELIVERED = "delivered"  # every part's receipt says DELIVRD
+    UNDELIVERABLE = "undeliverable"  # permanent SMSC error or a failure receipt
+    EXPIRED = "expired"  # the token expired before the message could leave, or the SMSC expired it
+
+
+@dataclass(frozen=True)
+class OutgoingSms:
+    sms_id: int
+    destination: str  # E.164, e.g. "+33611223344"
+    text: str  # the whole message; it carries a token: never log it
+    expires_at: datetime  # UTC, timezone-aware; the message must not leave after this
+    purpose: str  # "payment" | "profile" | "notice"
+
+
+class SmsOutbox(Protocol):
+    def claim(self, worker: str, limit: int) -> Deferred[list[OutgoingSms]]:
+        """Move up to `limit` queued messages, oldest first, to SENDING for `worker`.
+
+        Several daemons may claim at once (PostgreSQL: FOR UPDATE SKIP LOCKED): a message is returned to
+        one worker only. Messages whose token expired are marked EXPIRED and never returned. While the
+        service is suspended nothing is returned.
+        """
+
+    def mark_submitted(self, sms_id: int, message_ids: list[str], bind: str) -> Deferred[None]:
+        """Every part was accepted (submit_sm_resp status 0); one SMSC message_id per part, in order."""
+
+    def mark_retry(self, sms_id: int, reason: str) -> Deferred[None]:
+        """Not sent (no bind, throttled, transient error before any write): back to QUEUED, order kept."""
+
+    def mark_undeliverable(self, sms_id: int, reason: str) -> Deferred[None]:
+        """Permanent SMSC error: the payment shows sms=undeliverable."""
+
+    def mark_expired(self, sms_id: int) -> Deferred[None]:
+        """The token expired while the message waited in the worker (never sent late)."""
+
+    def mark_in_doubt(self, sms_id: int, reason: str) -> Deferred[None]:
+        """submit_sm was written but no response came (timeout, link lost, crash).
+
+        Policy for one-time codes: the same code is never sent twice automatically (the cardholder would get
+        two copies and we cannot know whether the first arrived). The message is shown as `submitted`; the
+        merchant's `resend` draws a fresh code if the cardholder says nothing came.
+        """
+
+    def recover(self, worker: str) -> Deferred[int]:
+        """At start-up: messages this worker left in SENDING (crash) are resolved by mark_in_doubt."""
+
+    def apply_receipt(self, message_id: str, state: str) -> Deferred[bool]:
+        """A delivery receipt for one part: state is one of SmsState's values (delivered, undeliverable,
+        expired). message_id is normalised by the caller (see smpp/receipts). False: unknown id."""
+
+    def on_new_work(self, callback: Callable[[], None]) -> None:
+        """Call `callback` on the reactor thread whenever this process queued a message or resumed."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Callback queue (filled by the core; drained by ivr/ through AMI Originate)
+
+
+class CallKind(enum.StrEnum):
+    ENROLL = "enroll"  # collect the last 8 card digits of a new enrollment
+    MOBILE_CHANGE = "mobile_change"  # prove a new mobile number by keying the last 8 digits again
+    VOICE_TOKEN = "voice_token"  # read a payment token whose SMS did not arrive
+
+
+class CallOutcome(enum.StrEnum):
+    ANSWERED = "answered"
+    BUSY = "busy"
+    NO_ANSWER = "no_answer"
+    CONGESTION = "congestion"
+    FAILED = "failed"  # any other failure (bad channel, no route, rejected)
+    UNKNOWN = "unknown"  # AMI lost and no sign of the call before the attempt's deadline
+
+
+@dataclass(frozen=True)
+class CallbackJob:
+    attempt_id: str  # unique per call attempt; sent as channel variable IDTRONIC_CALLBACK and AGI argument
+    kind: CallKind
+    mobile: str  # E.164 number to call
+    attempt_no: int  # 1 for the first call of this request
+    deadline: datetime  # UTC: outcome must be known by then, else the attempt is resolved as UNKNOWN
+
+
+class CallbackQueue(Protocol):
+    def claim_due(self, worker: str, limit: int) -> Deferred[list[CallbackJob]]:
+        """Attempts due now, within calling hours, not suspended, at most one live call per request.
+
+        Claimed attempts move to DIALING; several daemons never claim the same attempt."""
+
+    def mark_originated(self, attempt_id: str, action_id: str) -> Deferred[None]:
+        """The Originate action was written to AMI (never send it again for this attempt)."""
+
+    def apply_outcome(self, attempt_id: str, outcome: CallOutcome, detail: str) -> Deferred[None]:
+        """OriginateResponse (or the reconciler) decided: schedule a retry, or fail the request.
+
+        ANSWERED only records the answer; the IVR's verdict comes through IvrGateway."""
+
+    def unresolved(self, worker: str) -> Deferred[list[CallbackJob]]:
+        """Attempts this worker originated whose outcome is still unknown (after a restart or reconnect)."""
+
+    def on_new_work(self, callback: Callable[[], None]) -> None:
+        """Call `callback` on the reactor thread when this process queued a callback or resumed."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# IVR gateway: what the FastAGI call flow asks the core
+
+
+class DigitsVerdict(enum.StrEnum):
+    ACCEPTED = "accepted"  # 16 digits valid: enrollment active / new mobile proven
+    RETRY = "retry"  # wrong entry, entries remain in this call
+    FAILED = "failed"  # no entries left: the request failed
+    LOCKED = "locked"  # the cardholder's failure budget is exhausted
+
+
+@dataclass(frozen=True)
+class IvrCall:
+    attempt_id: str
+    kind: CallKind
+    entries_left: int  # DTMF entries allowed in this call
+    token: str | None  # VOICE_TOKEN only: the digits to read; never log
+
+
+class IvrGateway(Protocol):
+    def start_call(self, attempt_id: str) -> Deferred[IvrCall | None]:
+        """A FastAGI session arrived: marks the attempt answered. None: unknown or finished attempt."""
+
+    def check_card_digits(self, attempt_id: str, last8: str) -> Deferred[DigitsVerdict]:
+        """One DTMF entry (the last 8 digits; may be shorter or empty on timeout). The full card number
+        exists only inside this call, in memory. Counts against the failure budget when wrong."""
+
+    def end_call(self, attempt_id: str, reason: str) -> Deferred[None]:
+        """The call ended (hang-up, timeout, finished). An enrollment still undecided counts as a
+        failed call. Idempotent."""
