@@ -1,0 +1,305 @@
+"""The core as the rest of the daemon sees it: every domain operation as a Deferred-returning method
+(database work on the DB thread pool), plus the ports the SMPP and Asterisk edges drain."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from . import callbacks, enrollment, merchants, outbox, payments, profile, suspension
+from .db import DBPool
+from .errors import PaymentRefused
+from .merchants import MerchantAuth
+from .models import CallbackRequest, Cardholder, Payment, SmsMessage
+from .ports import CallbackJob, CallOutcome, DigitsVerdict, IvrCall, OutgoingSms, SmsState
+from .rules import Rules
+
+log = Logger()
+T = TypeVar("T")
+
+_CACHE_SECONDS = 2.0  # other daemons' changes (key rotation, suspension) are seen within this delay
+
+
+class _Signal:
+    """In-process wake-ups: the edges learn of new work without waiting for their next poll."""
+
+    def __init__(self, reactor: IReactorTime) -> None:
+        self._reactor = reactor
+        self._listeners: list[Callable[[], None]] = []
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        self._listeners.append(callback)
+
+    def fire(self) -> None:
+        for listener in self._listeners:
+            self._reactor.callLater(0, listener)
+
+    def after(self, result: T) -> T:
+        """A Deferred callback: wake the listeners once the transaction committed, pass the result on."""
+        self.fire()
+        return result
+
+
+class Core:
+    def __init__(self, reactor: IReactorTime, pool: DBPool, rules: Rules) -> None:
+        self.reactor = reactor
+        self.pool = pool
+        self.rules = rules
+        self.sms_signal = _Signal(reactor)
+        self.call_signal = _Signal(reactor)
+        self._auth_cache: dict[str, tuple[float, MerchantAuth | None]] = {}
+        self._suspension_cache: tuple[float, tuple[bool, str]] | None = None
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return self.pool.run(fn, self.rules, *args)
+
+    def _then_sms(self, d: Deferred[T]) -> Deferred[T]:
+        return d.addCallback(self.sms_signal.after)
+
+    def _then_call(self, d: Deferred[T]) -> Deferred[T]:
+        return d.addCallback(self.call_signal.after)
+
+    # ---- service state ------------------------------------------------------------------------------
+    def suspension_state(self) -> Deferred[tuple[bool, str]]:
+        """The global switch, cached for a moment: it is read on every merchant and cardholder call."""
+        cached = self._suspension_cache
+        if cached is not None and time.monotonic() - cached[0] < _CACHE_SECONDS:
+            return Deferred.fromCoroutine(_value(cached[1]))
+        d = self.pool.run(suspension.global_state)
+
+        def remember(state: tuple[bool, str]) -> tuple[bool, str]:
+            self._suspension_cache = (time.monotonic(), state)
+            return state
+
+        return d.addCallback(remember)
+
+    def suspend(
+        self, notice: str, cardholder: str | None = None, merchant: str | None = None
+    ) -> Deferred[None]:
+        self._forget()
+        return self._run(suspension.suspend, notice, cardholder, merchant).addCallback(self._forget)
+
+    def resume(self, cardholder: str | None = None, merchant: str | None = None) -> Deferred[None]:
+        d = self._run(suspension.resume, cardholder, merchant).addCallback(self._forget)
+        # Work that waited while suspended restarts now, without a restart of the daemon.
+        return self._then_call(self._then_sms(d))
+
+    def _forget(self, result: Any = None) -> Any:
+        self._suspension_cache = None
+        self._auth_cache.clear()
+        return result
+
+    # ---- merchants ----------------------------------------------------------------------------------
+    def authenticate_merchant(self, key: str) -> Deferred[MerchantAuth | None]:
+        digest = merchants.key_digest(self.rules, key)
+        cached = self._auth_cache.get(digest)
+        if cached is not None and time.monotonic() - cached[0] < _CACHE_SECONDS:
+            return Deferred.fromCoroutine(_value(cached[1]))
+
+        def remember(auth: MerchantAuth | None) -> MerchantAuth | None:
+            if len(self._auth_cache) > 10_000:
+                self._auth_cache.clear()
+            self._auth_cache[digest] = (time.monotonic(), auth)
+            return auth
+
+        return self._run(merchants.authenticate, key).addCallback(remember)
+
+    def add_merchant(self, name: str, domain: str | None) -> Deferred[dict[str, Any]]:
+        return self._run(merchants.add, name, domain)
+
+    def rotate_merchant_key(self, merchant_id: str) -> Deferred[dict[str, Any]]:
+        return self._run(merchants.rotate_key, merchant_id).addCallback(self._forget)
+
+    def remove_merchant(self, merchant_id: str) -> Deferred[None]:
+        return self._run(merchants.remove, merchant_id).addCallback(self._forget)
+
+    def list_merchants(self) -> Deferred[list[dict[str, Any]]]:
+        return self.pool.run(merchants.listing)
+
+    # ---- enrollment ---------------------------------------------------------------------------------
+    def enroll(self, fields: dict[str, Any], channel: str, actor: str) -> Deferred[dict[str, Any]]:
+        return self._then_call(self._run(enrollment.enroll, fields, channel, actor))
+
+    def enrollment_status(self, identifier: str) -> Deferred[dict[str, Any]]:
+        return self._run(enrollment.status, identifier)
+
+    def request_callback(self, identifier: str) -> Deferred[dict[str, Any]]:
+        return self._then_call(self._run(enrollment.request_callback, identifier))
+
+    def lock(self, identifier: str, locked: bool, reason: str = "") -> Deferred[dict[str, Any]]:
+        return self._run(enrollment.lock, identifier, locked, reason)
+
+    # ---- payments -----------------------------------------------------------------------------------
+    def create_payment(
+        self, merchant: MerchantAuth, body: dict[str, Any], idempotency_key: str | None
+    ) -> Deferred[tuple[int, dict[str, Any]]]:
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+        async def attempt() -> tuple[int, dict[str, Any]]:
+            for _ in range(2):
+                try:
+                    return await self._run(payments.create, merchant, body, idempotency_key, digest)
+                except payments.IdempotentReplay:
+                    continue  # the concurrent twin committed: the second pass replays its answer
+                except PaymentRefused as refused:
+                    log.info(
+                        "payment refused for merchant {merchant}: cardholder {reason}",
+                        merchant=merchant.id,
+                        reason=refused.reason,
+                    )
+                    raise
+            raise AssertionError("an Idempotency-Key race did not resolve")
+
+        return self._then_sms(Deferred.fromCoroutine(attempt()))
+
+    def get_payment(self, merchant: MerchantAuth, payment_id: str) -> Deferred[dict[str, Any]]:
+        return self._run(payments.get, merchant, payment_id)
+
+    def confirm_payment(
+        self, merchant: MerchantAuth, payment_id: str, token: str
+    ) -> Deferred[dict[str, Any]]:
+        return self._run(payments.confirm, merchant, payment_id, token)
+
+    def resend_payment(self, merchant: MerchantAuth, payment_id: str) -> Deferred[dict[str, Any]]:
+        return self._then_sms(self._run(payments.resend, merchant, payment_id))
+
+    def cancel_payment(self, merchant: MerchantAuth, payment_id: str) -> Deferred[dict[str, Any]]:
+        return self._run(payments.cancel, merchant, payment_id)
+
+    # ---- personal section ---------------------------------------------------------------------------
+    def profile_challenge(self, identifier: str) -> Deferred[None]:
+        return self._then_sms(self._run(profile.request_challenge, identifier))
+
+    def open_profile_session(self, identifier: str, token: str) -> Deferred[dict[str, Any]]:
+        return self._run(profile.open_session, identifier, token)
+
+    def get_profile(self, session: str) -> Deferred[dict[str, Any]]:
+        return self._run(profile.get, session)
+
+    def update_profile(self, session: str, fields: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        return self._then_call(self._then_sms(self._run(profile.update, session, fields)))
+
+    # ---- operator status ----------------------------------------------------------------------------
+    def counts(self) -> Deferred[dict[str, Any]]:
+        return self.pool.run(_counts)
+
+    def ping_database(self) -> Deferred[bool]:
+        return self.pool.run(lambda s: s.scalar(select(1)) == 1)
+
+    def housekeeping(self) -> Deferred[dict[str, int]]:
+        """Stale call attempts (dead daemon, lost AMI event) and the voice fallback."""
+
+        def both(s: Session, rules: Rules) -> dict[str, int]:
+            return {
+                "stale_attempts": callbacks.resolve_stale(s, rules),
+                "voice_fallbacks": callbacks.schedule_voice_fallbacks(s, rules),
+            }
+
+        def wake(found: dict[str, int]) -> dict[str, int]:
+            if any(found.values()):
+                self.call_signal.fire()
+            return found
+
+        return self._run(both).addCallback(wake)
+
+
+async def _value(value: Any) -> Any:
+    return value
+
+
+def _counts(s: Session) -> dict[str, Any]:
+    def grouped(column: Any) -> dict[str, int]:
+        return {str(k): int(v) for k, v in s.execute(select(column, func.count()).group_by(column)).all()}
+
+    return {
+        "cardholders": grouped(Cardholder.status),
+        "locked_cardholders": s.scalar(select(func.count()).where(Cardholder.locked)),
+        "payments": grouped(Payment.status),
+        "sms": grouped(SmsMessage.state),
+        "callbacks": grouped(CallbackRequest.state),
+        "queues": {
+            "sms_queued": s.scalar(select(func.count()).where(SmsMessage.state == SmsState.QUEUED)),
+            "callbacks_waiting": s.scalar(select(func.count()).where(CallbackRequest.state == "waiting")),
+        },
+    }
+
+
+class CoreSmsOutbox:
+    """ports.SmsOutbox on top of the core."""
+
+    def __init__(self, core: Core) -> None:
+        self._core = core
+
+    def claim(self, worker: str, limit: int) -> Deferred[list[OutgoingSms]]:
+        return self._core._run(outbox.claim, worker, limit)
+
+    def mark_submitted(self, sms_id: int, message_ids: list[str], bind: str) -> Deferred[None]:
+        return self._core._run(outbox.mark_submitted, sms_id, message_ids, bind)
+
+    def mark_retry(self, sms_id: int, reason: str) -> Deferred[None]:
+        return self._core._run(outbox.mark_retry, sms_id, reason)
+
+    def mark_undeliverable(self, sms_id: int, reason: str) -> Deferred[None]:
+        return self._core._run(outbox.finish, sms_id, SmsState.UNDELIVERABLE, reason)
+
+    def mark_expired(self, sms_id: int) -> Deferred[None]:
+        return self._core._run(outbox.finish, sms_id, SmsState.EXPIRED, "token expired before sending")
+
+    def mark_in_doubt(self, sms_id: int, reason: str) -> Deferred[None]:
+        return self._core._run(outbox.finish, sms_id, SmsState.SUBMITTED, "in doubt: " + reason, True)
+
+    def recover(self, worker: str) -> Deferred[int]:
+        return self._core._run(outbox.recover, worker)
+
+    def apply_receipt(self, message_id: str, state: str) -> Deferred[bool]:
+        return self._core._run(outbox.apply_receipt, message_id, state)
+
+    def on_new_work(self, callback: Callable[[], None]) -> None:
+        self._core.sms_signal.subscribe(callback)
+
+
+class CoreCallbackQueue:
+    """ports.CallbackQueue on top of the core."""
+
+    def __init__(self, core: Core) -> None:
+        self._core = core
+
+    def claim_due(self, worker: str, limit: int) -> Deferred[list[CallbackJob]]:
+        return self._core._run(callbacks.claim_due, worker, limit)
+
+    def mark_originated(self, attempt_id: str, action_id: str) -> Deferred[None]:
+        return self._core._run(callbacks.mark_originated, attempt_id, action_id)
+
+    def apply_outcome(self, attempt_id: str, outcome: CallOutcome, detail: str) -> Deferred[None]:
+        return self._core._then_call(self._core._run(callbacks.apply_outcome, attempt_id, outcome, detail))
+
+    def unresolved(self, worker: str) -> Deferred[list[CallbackJob]]:
+        return self._core._run(callbacks.unresolved, worker)
+
+    def on_new_work(self, callback: Callable[[], None]) -> None:
+        self._core.call_signal.subscribe(callback)
+
+
+class CoreIvrGateway:
+    """ports.IvrGateway on top of the core."""
+
+    def __init__(self, core: Core) -> None:
+        self._core = core
+
+    def start_call(self, attempt_id: str) -> Deferred[IvrCall | None]:
+        return self._core._run(callbacks.start_call, attempt_id)
+
+    def check_card_digits(self, attempt_id: str, last8: str) -> Deferred[DigitsVerdict]:
+        return self._core._run(callbacks.check_card_digits, attempt_id, last8)
+
+    def end_call(self, attempt_id: str, reason: str) -> Deferred[None]:
+        return self._core._then_call(self._core._run(callbacks.end_call, attempt_id, reason))

@@ -1,0 +1,104 @@
+"""Merchants registered by the operator. API keys are shown once and stored as HMAC digests."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from . import audit
+from .crypto import public_id, random_key
+from .errors import InvalidInput, NotFound
+from .models import Merchant
+from .rules import Rules
+
+KEY_PREFIX = "idt_live_"
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+
+
+@dataclass(frozen=True)
+class MerchantAuth:
+    id: str
+    name: str
+    domain: str | None
+    suspended: bool
+    notice: str
+
+
+def key_digest(rules: Rules, key: str) -> str:
+    return rules.vault.digest("merchant-key", key)
+
+
+def add(s: Session, rules: Rules, name: str, domain: str | None) -> dict[str, Any]:
+    name = name.strip()
+    problems: dict[str, str] = {}
+    if not 1 <= len(name) <= 200:
+        problems["name"] = "1 to 200 characters"
+    if domain is not None:
+        domain = domain.strip().lower()
+        if not _DOMAIN.match(domain):
+            problems["domain"] = "a DNS name such as shop.example.fr"
+    if problems:
+        raise InvalidInput(problems)
+    key = random_key(KEY_PREFIX)
+    merchant = Merchant(
+        id=public_id("mch_"),
+        name=name,
+        domain=domain,
+        key_digest=key_digest(rules, key),
+        key_hint=key[: len(KEY_PREFIX) + 4],
+        created_at=rules.now(),
+    )
+    s.add(merchant)
+    audit.record(s, rules, "operator", "merchant.add", f"merchant:{merchant.id}", name=name)
+    return {"id": merchant.id, "name": name, "domain": domain, "api_key": key}
+
+
+def _active(s: Session, merchant_id: str) -> Merchant:
+    merchant = s.get(Merchant, merchant_id)
+    if merchant is None or not merchant.active:
+        raise NotFound("no such merchant")
+    return merchant
+
+
+def rotate_key(s: Session, rules: Rules, merchant_id: str) -> dict[str, Any]:
+    merchant = _active(s, merchant_id)
+    key = random_key(KEY_PREFIX)
+    merchant.key_digest = key_digest(rules, key)
+    merchant.key_hint = key[: len(KEY_PREFIX) + 4]
+    audit.record(s, rules, "operator", "merchant.rotate-key", f"merchant:{merchant_id}")
+    return {"id": merchant_id, "api_key": key}
+
+
+def remove(s: Session, rules: Rules, merchant_id: str) -> None:
+    merchant = _active(s, merchant_id)
+    merchant.active = False
+    merchant.removed_at = rules.now()
+    # The digest is replaced so the old key can never match again; payments keep their merchant id.
+    merchant.key_digest = "removed:" + merchant_id
+    audit.record(s, rules, "operator", "merchant.remove", f"merchant:{merchant_id}")
+
+
+def listing(s: Session) -> list[dict[str, Any]]:
+    rows = s.scalars(select(Merchant).where(Merchant.active).order_by(Merchant.created_at))
+    return [
+        {
+            "id": m.id,
+            "name": m.name,
+            "domain": m.domain,
+            "key_hint": m.key_hint + "…",
+            "suspended": m.suspended,
+            "created_at": m.created_at.isoformat(),
+        }
+        for m in rows
+    ]
+
+
+def authenticate(s: Session, rules: Rules, key: str) -> MerchantAuth | None:
+    merchant = s.scalar(select(Merchant).where(Merchant.key_digest == key_digest(rules, key)))
+    if merchant is None or not merchant.active:
+        return None
+    return MerchantAuth(merchant.id, merchant.name, merchant.domain, merchant.suspended, merchant.notice)
