@@ -1,0 +1,73 @@
+"""Routes as data: method, path template, authentication, body schema and documented responses.
+The same table drives dispatch and the OpenAPI document, so the two cannot drift apart."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.web.iweb import IRequest
+
+from ..core.merchants import MerchantAuth
+from .bodies import BodySchema
+
+
+@dataclass
+class Call:
+    """One request as the handlers see it."""
+
+    request: IRequest
+    params: dict[str, str]
+    body: dict[str, Any]
+    client: str
+    merchant: MerchantAuth | None = None
+    session: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json; charset=utf-8"
+
+
+Handler = Callable[[Call], Awaitable[Reply]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    template: str
+    handler: Handler
+    auth: str  # "merchant" | "operator" | "session" | "public" | "none"
+    summary: str
+    responses: dict[int, str]  # status -> component schema name ("" for no body)
+    body: BodySchema | None = None
+    limited: str = ""  # "public" | "identifier" | "": which API rate limit applies besides auth's
+    suspendable: bool = False  # answers 503 while the service is suspended
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.template) + "$")
+
+
+class Router:
+    def __init__(self, routes: list[Route]) -> None:
+        self.routes = routes
+        self._compiled = [(route, route.pattern) for route in routes]
+
+    def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], list[str]]:
+        """(route, path parameters, allowed methods for this path)."""
+        allowed: list[str] = []
+        for route, pattern in self._compiled:
+            found = pattern.match(path)
+            if found is None:
+                continue
+            if route.method == method:
+                return route, found.groupdict(), []
+            allowed.append(route.method)
+        return None, {}, allowed

@@ -1,0 +1,500 @@
+"""The IVR call flows (PRODUCT.md §1.6, §3.2, voice fallback), as explicit state machines.
+
+Each flow is an enum of states, one transition table `(state, event) -> state`, and one action per state
+that talks to the channel or the core and returns the event. `step()` runs one action and one transition,
+so tests can walk a flow state by state; `run()` steps until DONE.
+
+Whatever happens (hang-up, AGI timeout, core error), a call the core started is closed with
+`IvrGateway.end_call` exactly once, in the ENDING state (or in `run()`'s `finally` if a bug escaped).
+
+The keyed digits live only in a local variable between GET DATA and check_card_digits: they are never
+logged, stored on the flow, put in a channel variable, a VERBOSE, or an exception message.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from twisted.logger import Logger
+
+from idtronic_tel.config_schema import CallbackConfig, VoiceFallbackConfig
+from idtronic_tel.core.ports import CallKind, DigitsVerdict, IvrCall, IvrGateway
+from idtronic_tel.ivr.agi_codec import AgiEnv
+from idtronic_tel.ivr.agi_protocol import AgiCommandTimeout, AgiError, ChannelHungUp, DtmfEntry, PromptFailed
+from idtronic_tel.ivr.prompts import Prompt
+
+log = Logger()
+
+CALLBACK_VARIABLE = "IDTRONIC_CALLBACK"  # set by the Originate; fallback when agi_arg_1 is empty
+LAST_DIGITS = 8
+
+
+class AgiChannel(Protocol):
+    """What the flows need from a FastAGI session (AgiSession implements it; tests use fakes)."""
+
+    @property
+    def env(self) -> AgiEnv | None: ...
+
+    async def answer(self) -> None: ...
+    async def stream_file(self, name: str, escape_digits: str = "") -> str: ...
+    async def get_data(self, prompt: str, timeout_ms: int, max_digits: int) -> DtmfEntry: ...
+    async def say_digits(self, digits: str) -> None: ...
+    async def get_variable(self, name: str) -> str | None: ...
+    async def hangup(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    dtmf_timeout_ms: int = 10_000
+    max_entries: int = 3
+    token_repeats: int = 2
+
+    @classmethod
+    def from_config(cls, callback: CallbackConfig, voice: VoiceFallbackConfig) -> FlowSettings:
+        return cls(
+            dtmf_timeout_ms=round(callback.dtmf_timeout * 1000),
+            max_entries=callback.max_entries,
+            token_repeats=voice.repeats,
+        )
+
+
+class EndReason(enum.StrEnum):
+    """The `reason` given to IvrGateway.end_call."""
+
+    FINISHED = "finished"  # the flow ran to its end (verdict given, token read)
+    HANGUP = "hangup"  # the callee hung up
+    TIMEOUT = "timeout"  # Asterisk did not answer a command in time
+    ERROR = "error"  # AGI or core failure, or a call routed to the wrong script
+
+
+class Event(enum.Enum):
+    FOUND_ID = enum.auto()
+    NO_ID = enum.auto()
+    CALL_OK = enum.auto()
+    CALL_UNKNOWN = enum.auto()
+    WRONG_KIND = enum.auto()
+    NEXT = enum.auto()  # the state's prompt/command is done
+    ENTERED = enum.auto()  # GET DATA returned (possibly empty)
+    NO_ENTRIES = enum.auto()  # the core allows no entry in this call
+    ACCEPTED = enum.auto()
+    RETRY = enum.auto()
+    FAILED = enum.auto()
+    LOCKED = enum.auto()
+    AGAIN = enum.auto()  # voice token: read it once more
+    HUNG_UP = enum.auto()
+    AGI_TIMEOUT = enum.auto()
+    AGI_ERROR = enum.auto()  # the session is unusable
+    CORE_ERROR = enum.auto()  # the channel works but the core failed: hang up politely
+    ENDED = enum.auto()
+
+
+_VERDICT_EVENT = {
+    DigitsVerdict.ACCEPTED: Event.ACCEPTED,
+    DigitsVerdict.RETRY: Event.RETRY,
+    DigitsVerdict.FAILED: Event.FAILED,
+    DigitsVerdict.LOCKED: Event.LOCKED,
+}
+
+S = TypeVar("S", bound=enum.Enum)
+
+
+class _Flow(Generic[S]):
+    """The driver shared by both flows: subclasses give the table, the actions and the states."""
+
+    transitions: Mapping[tuple[S, Event], S]
+    initial: S
+    ending: S  # calls end_call
+    done: S  # terminal
+    hang_up: S  # sends HANGUP
+    expected_kinds: frozenset[CallKind]
+
+    def __init__(self, channel: AgiChannel, gateway: IvrGateway, settings: FlowSettings) -> None:
+        self.channel = channel
+        self.gateway = gateway
+        self.settings = settings
+        self.state: S = self.initial
+        self.attempt_id: str | None = None
+        self.call: IvrCall | None = None
+        self.started = False  # start_call was asked and did not answer None: end_call is owed
+        self.ended = False
+        self.decided = False  # the call reached its outcome: later failures keep reason FINISHED
+        self.reason = EndReason.FINISHED
+        self.history: list[tuple[S, Event, S]] = []
+
+    def actions(self) -> Mapping[S, Callable[[], Awaitable[Event]]]:
+        raise NotImplementedError
+
+    async def step(self) -> S:
+        """Run the current state's action and move along the table."""
+        action = self.actions()[self.state]
+        event = await self._guarded(action)
+        new = self.transitions.get((self.state, event))
+        if new is None:
+            # A hole in the table is a bug: never leave a call open because of it.
+            log.error("IVR flow: no transition from {state} on {event}", state=self.state, event=event)
+            self.reason = EndReason.ERROR
+            new = self.ending if self.state is not self.ending else self.done
+        self.history.append((self.state, event, new))
+        self.state = new
+        return new
+
+    async def run(self) -> EndReason:
+        try:
+            while self.state is not self.done:
+                await self.step()
+        finally:
+            if self.started and not self.ended:  # a bug or a cancellation escaped the table
+                await self._end_call()
+        return self.reason
+
+    async def _guarded(self, action: Callable[[], Awaitable[Event]]) -> Event:
+        """Turn failures into events; exception texts are not logged (they could echo a reply)."""
+        try:
+            return await action()
+        except ChannelHungUp:
+            self._set_reason(EndReason.HANGUP)
+            return Event.HUNG_UP
+        except AgiCommandTimeout:
+            self._set_reason(EndReason.TIMEOUT)
+            return Event.AGI_TIMEOUT
+        except AgiError as exc:
+            log.warn(
+                "IVR call {attempt}: AGI error {error} in {state}",
+                attempt=self.attempt_id,
+                error=type(exc).__name__,
+                state=self.state.name,
+            )
+            self._set_reason(EndReason.ERROR)
+            return Event.AGI_ERROR
+        except Exception as exc:
+            log.error(
+                "IVR call {attempt}: core error {error} in {state}",
+                attempt=self.attempt_id,
+                error=type(exc).__name__,
+                state=self.state.name,
+            )
+            self._set_reason(EndReason.ERROR)
+            return Event.CORE_ERROR
+
+    def _set_reason(self, reason: EndReason) -> None:
+        # Once the outcome is decided (verdict given, token read), hanging up during the last prompt does
+        # not make the call a failure.
+        if not self.decided:
+            self.reason = reason
+
+    # -- actions shared by both flows ------------------------------------------------------------------
+
+    async def _identify(self) -> Event:
+        env = self.channel.env
+        attempt = env.arg(1) if env is not None else ""
+        if not attempt:
+            attempt = await self.channel.get_variable(CALLBACK_VARIABLE) or ""
+        if not attempt:
+            log.warn(
+                "IVR call without an attempt id (script {script}); refusing",
+                script=env.script if env is not None else "?",
+            )
+            return Event.NO_ID
+        self.attempt_id = attempt
+        return Event.FOUND_ID
+
+    async def _lookup(self) -> Event:
+        assert self.attempt_id is not None
+        self.started = True  # from here an error leaves the attempt in an unknown state: end it
+        call = await self.gateway.start_call(self.attempt_id)
+        if call is None:
+            self.started = False
+            log.warn("IVR call for unknown or finished attempt {attempt}; refusing", attempt=self.attempt_id)
+            return Event.CALL_UNKNOWN
+        self.call = call
+        if call.kind not in self.expected_kinds:
+            log.error(
+                "IVR call {attempt} of kind {kind} reached the wrong AGI script; refusing",
+                attempt=self.attempt_id,
+                kind=call.kind.value,
+            )
+            self.reason = EndReason.ERROR
+            return Event.WRONG_KIND
+        return Event.CALL_OK
+
+    async def _refuse(self) -> Event:
+        await self.channel.answer()
+        await self._play(Prompt.UNKNOWN_CALL)
+        return Event.NEXT
+
+    async def _hang_up(self) -> Event:
+        await self.channel.hangup()
+        return Event.NEXT
+
+    async def _ending(self) -> Event:
+        if self.started and not self.ended:
+            await self._end_call()
+        return Event.ENDED
+
+    async def _done(self) -> Event:  # pragma: no cover - run() stops before DONE's action
+        return Event.ENDED
+
+    async def _end_call(self) -> None:
+        self.ended = True
+        assert self.attempt_id is not None
+        try:
+            await self.gateway.end_call(self.attempt_id, self.reason.value)
+        except Exception as exc:
+            log.error(
+                "IVR call {attempt}: end_call failed ({error})",
+                attempt=self.attempt_id,
+                error=type(exc).__name__,
+            )
+        log.info("IVR call {attempt} ended: {reason}", attempt=self.attempt_id, reason=self.reason.value)
+
+    async def _play(self, prompt: Prompt) -> None:
+        try:
+            await self.channel.stream_file(prompt.value)
+        except PromptFailed:
+            # A missing sound file must not stop the call: the caller can still key the digits.
+            log.error("Prompt {prompt} could not be played (missing sound file?)", prompt=prompt.value)
+
+
+def _table(
+    specific: Mapping[tuple[S, Event], S], states: type[S], ending: S, done: S, hang_up: S
+) -> dict[tuple[S, Event], S]:
+    """The flow's own transitions plus the failure rows every live state shares."""
+    table = dict(specific)
+    for state in states:
+        if state in (ending, done):
+            continue
+        table.setdefault((state, Event.HUNG_UP), ending)
+        table.setdefault((state, Event.AGI_TIMEOUT), ending)
+        table.setdefault((state, Event.AGI_ERROR), ending)
+        # The channel still works: say nothing more and hang up (HANGUP itself failing ends the call).
+        table.setdefault((state, Event.CORE_ERROR), hang_up if state is not hang_up else ending)
+    table[(ending, Event.ENDED)] = done
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Enrollment and mobile-change callbacks
+
+
+class EnrollState(enum.Enum):
+    IDENTIFY = enum.auto()  # attempt id from agi_arg_1, else GET VARIABLE IDTRONIC_CALLBACK
+    LOOKUP = enum.auto()  # IvrGateway.start_call
+    REFUSE = enum.auto()  # unknown attempt: refusal prompt
+    GREET = enum.auto()  # ANSWER, welcome prompt
+    ASK = enum.auto()  # GET DATA for the last 8 digits
+    CHECK = enum.auto()  # IvrGateway.check_card_digits
+    WRONG = enum.auto()  # wrong-entry (or no-entry) prompt, then ASK again
+    SUCCESS = enum.auto()
+    FAILED = enum.auto()
+    LOCKED = enum.auto()
+    HANG_UP = enum.auto()
+    ENDING = enum.auto()  # IvrGateway.end_call
+    DONE = enum.auto()
+
+
+E = EnrollState
+ENROLL_TRANSITIONS = _table(
+    {
+        (E.IDENTIFY, Event.FOUND_ID): E.LOOKUP,
+        (E.IDENTIFY, Event.NO_ID): E.REFUSE,
+        (E.LOOKUP, Event.CALL_OK): E.GREET,
+        (E.LOOKUP, Event.CALL_UNKNOWN): E.REFUSE,
+        (E.LOOKUP, Event.WRONG_KIND): E.REFUSE,
+        (E.REFUSE, Event.NEXT): E.HANG_UP,
+        (E.GREET, Event.NEXT): E.ASK,
+        (E.GREET, Event.NO_ENTRIES): E.FAILED,
+        (E.ASK, Event.ENTERED): E.CHECK,
+        (E.CHECK, Event.ACCEPTED): E.SUCCESS,
+        (E.CHECK, Event.RETRY): E.WRONG,
+        (E.CHECK, Event.FAILED): E.FAILED,
+        (E.CHECK, Event.LOCKED): E.LOCKED,
+        (E.WRONG, Event.NEXT): E.ASK,
+        (E.SUCCESS, Event.NEXT): E.HANG_UP,
+        (E.FAILED, Event.NEXT): E.HANG_UP,
+        (E.LOCKED, Event.NEXT): E.HANG_UP,
+        (E.HANG_UP, Event.NEXT): E.ENDING,
+    },
+    EnrollState,
+    E.ENDING,
+    E.DONE,
+    E.HANG_UP,
+)
+
+
+class EnrollmentFlow(_Flow[EnrollState]):
+    transitions = ENROLL_TRANSITIONS
+    initial = EnrollState.IDENTIFY
+    ending = EnrollState.ENDING
+    done = EnrollState.DONE
+    hang_up = EnrollState.HANG_UP
+    expected_kinds = frozenset({CallKind.ENROLL, CallKind.MOBILE_CHANGE})
+
+    def __init__(self, channel: AgiChannel, gateway: IvrGateway, settings: FlowSettings) -> None:
+        super().__init__(channel, gateway, settings)
+        self.entries = 0  # GET DATA entries made in this call
+        self.last_entry_empty = False  # only whether it was empty: the digits themselves are not kept
+        self._entry: DtmfEntry | None = None  # between ASK and CHECK only
+
+    def actions(self) -> Mapping[EnrollState, Callable[[], Awaitable[Event]]]:
+        return {
+            E.IDENTIFY: self._identify,
+            E.LOOKUP: self._lookup,
+            E.REFUSE: self._refuse,
+            E.GREET: self._greet,
+            E.ASK: self._ask,
+            E.CHECK: self._check,
+            E.WRONG: self._wrong,
+            E.SUCCESS: self._success,
+            E.FAILED: self._failed,
+            E.LOCKED: self._locked,
+            E.HANG_UP: self._hang_up,
+            E.ENDING: self._ending,
+            E.DONE: self._done,
+        }
+
+    @property
+    def entries_allowed(self) -> int:
+        assert self.call is not None
+        return min(self.call.entries_left, self.settings.max_entries)
+
+    async def _greet(self) -> Event:
+        await self.channel.answer()
+        await self._play(Prompt.WELCOME)
+        return Event.NEXT if self.entries_allowed > 0 else Event.NO_ENTRIES
+
+    async def _ask(self) -> Event:
+        self._entry = await self.channel.get_data(
+            Prompt.ENTER_LAST8.value, self.settings.dtmf_timeout_ms, LAST_DIGITS
+        )
+        self.entries += 1  # a timeout with nothing keyed counts as an entry too
+        return Event.ENTERED
+
+    async def _check(self) -> Event:
+        assert self.attempt_id is not None and self._entry is not None
+        entry, self._entry = self._entry, None
+        self.last_entry_empty = entry.digits == ""
+        verdict = await self.gateway.check_card_digits(self.attempt_id, entry.digits)
+        log.info(
+            "IVR call {attempt}: entry {n} of {allowed}: {verdict}",
+            attempt=self.attempt_id,
+            n=self.entries,
+            allowed=self.entries_allowed,
+            verdict=verdict.value,
+        )
+        event = _VERDICT_EVENT[verdict]
+        self.decided = event is not Event.RETRY
+        if event is Event.RETRY and self.entries >= self.entries_allowed:
+            event = Event.FAILED  # the core and our count disagree: never ask beyond the limit
+        return event
+
+    async def _wrong(self) -> Event:
+        await self._play(Prompt.NO_ENTRY if self.last_entry_empty else Prompt.WRONG_RETRY)
+        return Event.NEXT
+
+    async def _success(self) -> Event:
+        assert self.call is not None
+        mobile = self.call.kind is CallKind.MOBILE_CHANGE
+        await self._play(Prompt.MOBILE_SUCCESS if mobile else Prompt.SUCCESS)
+        return Event.NEXT
+
+    async def _failed(self) -> Event:
+        await self._play(Prompt.FAILED)
+        return Event.NEXT
+
+    async def _locked(self) -> Event:
+        await self._play(Prompt.LOCKED)
+        return Event.NEXT
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Voice fallback: read a payment token whose SMS did not arrive
+
+
+class TokenState(enum.Enum):
+    IDENTIFY = enum.auto()
+    LOOKUP = enum.auto()
+    REFUSE = enum.auto()
+    GREET = enum.auto()  # ANSWER, intro prompt
+    SAY = enum.auto()  # SAY DIGITS <token> ""
+    REPEAT = enum.auto()  # "once more" prompt, then SAY again
+    GOODBYE = enum.auto()
+    HANG_UP = enum.auto()
+    ENDING = enum.auto()
+    DONE = enum.auto()
+
+
+T = TokenState
+TOKEN_TRANSITIONS = _table(
+    {
+        (T.IDENTIFY, Event.FOUND_ID): T.LOOKUP,
+        (T.IDENTIFY, Event.NO_ID): T.REFUSE,
+        (T.LOOKUP, Event.CALL_OK): T.GREET,
+        (T.LOOKUP, Event.CALL_UNKNOWN): T.REFUSE,
+        (T.LOOKUP, Event.WRONG_KIND): T.REFUSE,
+        (T.REFUSE, Event.NEXT): T.HANG_UP,
+        (T.GREET, Event.NEXT): T.SAY,
+        (T.SAY, Event.AGAIN): T.REPEAT,
+        (T.SAY, Event.NEXT): T.GOODBYE,
+        (T.REPEAT, Event.NEXT): T.SAY,
+        (T.GOODBYE, Event.NEXT): T.HANG_UP,
+        (T.HANG_UP, Event.NEXT): T.ENDING,
+    },
+    TokenState,
+    T.ENDING,
+    T.DONE,
+    T.HANG_UP,
+)
+
+
+class VoiceTokenFlow(_Flow[TokenState]):
+    transitions = TOKEN_TRANSITIONS
+    initial = TokenState.IDENTIFY
+    ending = TokenState.ENDING
+    done = TokenState.DONE
+    hang_up = TokenState.HANG_UP
+    expected_kinds = frozenset({CallKind.VOICE_TOKEN})
+
+    def __init__(self, channel: AgiChannel, gateway: IvrGateway, settings: FlowSettings) -> None:
+        super().__init__(channel, gateway, settings)
+        self.readings = 0
+
+    def actions(self) -> Mapping[TokenState, Callable[[], Awaitable[Event]]]:
+        return {
+            T.IDENTIFY: self._identify,
+            T.LOOKUP: self._lookup,
+            T.REFUSE: self._refuse,
+            T.GREET: self._greet,
+            T.SAY: self._say,
+            T.REPEAT: self._repeat,
+            T.GOODBYE: self._goodbye,
+            T.HANG_UP: self._hang_up,
+            T.ENDING: self._ending,
+            T.DONE: self._done,
+        }
+
+    async def _greet(self) -> Event:
+        assert self.call is not None
+        if not self.call.token or not self.call.token.isdigit():
+            log.error("IVR call {attempt}: voice token call without a token", attempt=self.attempt_id)
+            raise ValueError("no token")  # -> CORE_ERROR: hang up, end the call as an error
+        await self.channel.answer()
+        await self._play(Prompt.TOKEN_INTRO)
+        return Event.NEXT
+
+    async def _say(self) -> Event:
+        assert self.call is not None and self.call.token is not None
+        await self.channel.say_digits(self.call.token)
+        self.readings += 1
+        self.decided = self.readings >= self.settings.token_repeats
+        return Event.AGAIN if self.readings < self.settings.token_repeats else Event.NEXT
+
+    async def _repeat(self) -> Event:
+        await self._play(Prompt.TOKEN_REPEAT)
+        return Event.NEXT
+
+    async def _goodbye(self) -> Event:
+        await self._play(Prompt.GOODBYE)
+        return Event.NEXT
