@@ -1,0 +1,211 @@
+"""`idtronic-tel`: the operator's command line (../shared/design/OPERATOR.md).
+
+Administrative commands work directly on the database (the daemon need not run); `status` also asks
+the running daemon for its links. Exit status: 0 success, 2 usage or configuration error, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .config import ConfigError, load_config, prepare_data_dir, resolve_config_path, resolve_data_dir
+from .config_schema import Config
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class Usage(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="idtronic-tel", description="id-tronic telephony daemon and its administration")
+    parser.add_argument("--config", type=Path, help="configuration file (default: $IDTRONIC_CONFIG, or none)")
+    parser.add_argument(
+        "--data-dir", type=Path, help="data directory (default: $IDTRONIC_DATA_DIR or ./idtronic-data)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument(
+        "--demo", action="store_true", help="start the built-in SMSC and Asterisk simulators too"
+    )
+    commands.add_parser("migrate", help="bring the database schema up to date")
+
+    merchant = commands.add_parser("merchant", help="manage merchants")
+    verbs = merchant.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    add = verbs.add_parser("add", help="register a merchant; prints its id and API key (shown once)")
+    add.add_argument("name")
+    add.add_argument("--domain")
+    verbs.add_parser("list", help="list merchants")
+    verbs.add_parser("rotate-key", help="replace a merchant's API key").add_argument("id")
+    verbs.add_parser("remove", help="remove a merchant").add_argument("id")
+
+    enroll = commands.add_parser("enroll", help="enroll a cardholder who applied by phone or fax")
+    enroll.add_argument("--channel", required=True, choices=("phone", "fax"))
+    for name in ("last-name", "first-name", "birth-date", "mobile", "card-first8"):
+        enroll.add_argument(f"--{name}", required=True)
+
+    lock = commands.add_parser("lock", help="lock a cardholder")
+    lock.add_argument("identifier")
+    lock.add_argument("--reason", default="")
+    commands.add_parser("unlock", help="unlock a cardholder").add_argument("identifier")
+
+    suspend = commands.add_parser("suspend", help="suspend the service (or one cardholder or merchant)")
+    suspend.add_argument(
+        "--notice", required=True, help="the public notice shown to merchants and cardholders"
+    )
+    scope = suspend.add_mutually_exclusive_group()
+    scope.add_argument("--cardholder", help="suspend this identification number only")
+    scope.add_argument("--merchant", help="suspend this merchant only")
+    resume = commands.add_parser("resume", help="resume the service (or one cardholder or merchant)")
+    scope = resume.add_mutually_exclusive_group()
+    scope.add_argument("--cardholder")
+    scope.add_argument("--merchant")
+
+    commands.add_parser("status", help="links, queues and counts")
+    sim = commands.add_parser("smsc-sim", help="run the built-in SMSC simulator", add_help=False)
+    sim.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _config(args: argparse.Namespace, environ: dict[str, str]) -> Config:
+    data_dir = resolve_data_dir(args.data_dir, environ)
+    path = resolve_config_path(args.config, environ)
+    prepare_data_dir(data_dir, path, environ)
+    return load_config(path, data_dir, environ)
+
+
+def _blocking(config: Config) -> Callable[..., Any]:
+    """Run one domain function in a transaction, here and now (no reactor)."""
+    from twisted.internet import reactor
+
+    from .core.crypto import Vault
+    from .core.db import DBPool, check_schema, make_engine
+    from .core.rules import Rules
+
+    engine = make_engine(config.database.url, pool_size=1)
+    check_schema(engine)
+    pool = DBPool(reactor, engine, 1)  # type: ignore[arg-type]
+    rules = Rules(config, Vault(config.keys.data_key, config.keys.hmac_key))
+    return lambda fn, *a: pool.run_blocking(fn, rules, *a)
+
+
+def _print(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def _status(config: Config, do: Callable[..., Any]) -> dict[str, Any]:
+    from .core import suspension
+    from .core.facade import _counts
+
+    counts = do(lambda s, rules: _counts(s))
+    suspended, notice = do(lambda s, rules: suspension.global_state(s))
+    return {"suspended": suspended, "notice": notice, "links": _daemon_links(config), **counts}
+
+
+def _daemon_links(config: Config) -> Any:
+    """Ask the running daemon (its /healthz) for the state of its links."""
+    parts = dict(p.split("=", 1) for p in config.http.listen.split(":")[2:] if "=" in p)
+    fields = config.http.listen.split(":")
+    if fields[0] not in ("tcp", "tcp6") or len(fields) < 2:
+        return "unknown: the daemon listens on a non-TCP endpoint"
+    host = parts.get("interface", "127.0.0.1")
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    try:
+        with urllib.request.urlopen(f"http://{host}:{fields[1]}/healthz", timeout=3) as answer:
+            return json.load(answer)["links"]
+    except Exception as exc:
+        return f"unknown: daemon not reachable ({type(exc).__name__})"
+
+
+def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
+    environ = dict(os.environ if environ is None else environ)
+    args = _parser().parse_args(argv)
+    if args.command == "smsc-sim":
+        from .simulators.smsc import main as smsc_main
+
+        return smsc_main(args.rest)
+    try:
+        config = _config(args, environ)
+        return _dispatch(args, config)
+    except ConfigError as exc:
+        sys.stderr.write(f"idtronic-tel: configuration error: {exc}\n")
+        return EXIT_USAGE
+    except Usage as exc:
+        sys.stderr.write(f"idtronic-tel: {exc}\n")
+        return EXIT_USAGE
+    except Exception as exc:
+        from .core.db import SchemaOutOfDate
+        from .core.errors import DomainError
+
+        if isinstance(exc, DomainError):
+            sys.stderr.write(f"idtronic-tel: {exc.message} {json.dumps(exc.extra) if exc.extra else ''}\n")
+        elif isinstance(exc, SchemaOutOfDate):
+            sys.stderr.write(f"idtronic-tel: {exc}\n")
+        else:
+            sys.stderr.write(f"idtronic-tel: {type(exc).__name__}: {exc}\n")
+        return EXIT_FAILURE
+
+
+def _dispatch(args: argparse.Namespace, config: Config) -> int:
+    from .core import enrollment, merchants, suspension
+
+    if args.command == "migrate":
+        from .core.db import migrate
+
+        revision = migrate(config.database.url)
+        sys.stdout.write(f"database schema at revision {revision}\n")
+        return EXIT_OK
+    if args.command == "run":
+        from .runner import run
+
+        return run(config, demo=args.demo)
+    do = _blocking(config)
+    if args.command == "merchant":
+        if args.verb == "add":
+            _print(do(merchants.add, args.name, args.domain))
+        elif args.verb == "list":
+            _print(do(lambda s, rules: merchants.listing(s)))
+        elif args.verb == "rotate-key":
+            _print(do(merchants.rotate_key, args.id))
+        else:
+            do(merchants.remove, args.id)
+            _print({"removed": args.id})
+    elif args.command == "enroll":
+        fields = {
+            "last_name": args.last_name,
+            "first_name": args.first_name,
+            "birth_date": args.birth_date,
+            "mobile": args.mobile,
+            "card_first8": args.card_first8,
+        }
+        _print(do(enrollment.enroll, fields, args.channel, "operator"))
+    elif args.command in ("lock", "unlock"):
+        _print(do(enrollment.lock, args.identifier, args.command == "lock", getattr(args, "reason", "")))
+    elif args.command == "suspend":
+        do(suspension.suspend, args.notice, args.cardholder, args.merchant)
+        _print({"suspended": True, "notice": args.notice})
+    elif args.command == "resume":
+        do(suspension.resume, args.cardholder, args.merchant)
+        _print({"suspended": False})
+    elif args.command == "status":
+        _print(_status(config, do))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
