@@ -91,8 +91,13 @@ class ApiHarness:
         answer = await self.call(
             "POST",
             "/v1/enrollments",
-            {"last_name": "Martin", "first_name": "Claire", "birth_date": "1985-04-12", "mobile": mobile,
-             "card_first8": first8},
+            {
+                "last_name": "Martin",
+                "first_name": "Claire",
+                "birth_date": "1985-04-12",
+                "mobile": mobile,
+                "card_first8": first8,
+            },
         )
         assert answer.status == 201, answer.body
         await self.answer_callback(last8)

@@ -19,7 +19,7 @@ from idtronic_tel.core.crypto import Vault
 from idtronic_tel.core.db import DBPool, make_engine, migrate
 from idtronic_tel.core.rules import Rules
 
-PG_ADMIN_URL = os.environ.get("IDTRONIC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+PG_ADMIN_URL = os.environ.get("IDT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 ON_CI = os.environ.get("CI") == "true"
 
 
@@ -74,7 +74,7 @@ def fresh_pg_database() -> Iterator[str]:
     if problem is not None:
         if ON_CI:
             pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is required on CI: {problem}")
-        pytest.skip(f"PostgreSQL at {PG_ADMIN_URL} unreachable ({problem}); set IDTRONIC_TEST_PG")
+        pytest.skip(f"PostgreSQL at {PG_ADMIN_URL} unreachable ({problem}); set IDT_TEST_PG")
     name = "idt_test_" + uuid.uuid4().hex[:12]
     admin = sa.create_engine(
         PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"

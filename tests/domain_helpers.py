@@ -12,7 +12,12 @@ from idtronic_tel.core.ports import CallOutcome, DigitsVerdict
 FIRST8 = "49761234"
 LAST8 = "5678901" + luhn_check_digit("49761234" + "5678901")
 PAN = FIRST8 + LAST8
-IDENTITY = {"last_name": "Martin", "first_name": "Claire", "birth_date": "1985-04-12", "mobile": "06 11 22 33 44"}
+IDENTITY = {
+    "last_name": "Martin",
+    "first_name": "Claire",
+    "birth_date": "1985-04-12",
+    "mobile": "06 11 22 33 44",
+}
 
 
 def enroll(core, **overrides) -> str:  # type: ignore[no-untyped-def]

@@ -63,7 +63,9 @@ async def test_payment_happy_path_and_errors(harness: ApiHarness) -> None:
     assert ok.status == 200 and ok.body["status"] == "validated" and ok.body["validated_at"]
     again = await h.call("POST", f"/v1/payments/{payment}/confirm", {"token": token}, key)
     assert again.status == 409 and again.body == {
-        "error": "not_pending", "message": "the payment is not pending", "status": "validated"
+        "error": "not_pending",
+        "message": "the payment is not pending",
+        "status": "validated",
     }
     for action in ("resend", "cancel"):
         late = await h.call("POST", f"/v1/payments/{payment}/{action}", key=key)
@@ -92,7 +94,9 @@ async def test_payment_refusals_are_identical(harness: ApiHarness) -> None:
     bodies = []
     for target in ("1234567897", identifier):
         if target == identifier:
-            assert (await h.call("POST", f"/v1/admin/cardholders/{identifier}/lock", {}, OPERATOR_KEY)).status == 200
+            assert (
+                await h.call("POST", f"/v1/admin/cardholders/{identifier}/lock", {}, OPERATOR_KEY)
+            ).status == 200
         answer = await h.call("POST", "/v1/payments", {**PAYMENT, "identifier": target}, key)
         assert answer.status == 422
         bodies.append(answer.body)
@@ -136,7 +140,9 @@ async def test_fuzzed_bodies_get_a_4xx(harness: ApiHarness) -> None:
     key, _, payment = await ready(h)
     json_values = st.recursive(
         st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-        lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5),
+        lambda children: (
+            st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5)
+        ),
         max_leaves=12,
     )
     seen = []
@@ -151,7 +157,12 @@ async def test_fuzzed_bodies_get_a_4xx(harness: ApiHarness) -> None:
 
     for value in seen:
         raw = value if isinstance(value, bytes) else _json.dumps(value).encode()
-        for path in ("/v1/payments", f"/v1/payments/{payment}/confirm", "/v1/enrollments", "/v1/profile/sessions"):
+        for path in (
+            "/v1/payments",
+            f"/v1/payments/{payment}/confirm",
+            "/v1/enrollments",
+            "/v1/profile/sessions",
+        ):
             answer = await h.call("POST", path, raw=raw, key=key)
             assert 400 <= answer.status < 500, (path, raw, answer.status, answer.body)
             assert isinstance(answer.body, dict) and "error" in answer.body
@@ -167,7 +178,9 @@ async def test_idempotency_key(harness: ApiHarness) -> None:
     second = await h.call("POST", "/v1/payments", body, key, headers={"idempotency-key": "k1"})
     assert first.status == second.status == 201 and first.body == second.body
     assert len(await h.sent_sms()) == 1
-    other = await h.call("POST", "/v1/payments", {**body, "amount": 1}, key, headers={"idempotency-key": "k1"})
+    other = await h.call(
+        "POST", "/v1/payments", {**body, "amount": 1}, key, headers={"idempotency-key": "k1"}
+    )
     assert (other.status, other.body["error"]) == (409, "idempotency_conflict")
 
 
@@ -178,7 +191,11 @@ async def test_resend_rate_limits_with_retry_after(harness: ApiHarness) -> None:
     soon = await h.call("POST", f"/v1/payments/{payment}/resend", key=key)
     assert soon.status == 429 and 1 <= int(soon.header("retry-after") or 0) <= 30
     for n in range(4):  # 1 payment + 4 more = 5 tokens in 10 minutes for this cardholder
-        assert (await h.call("POST", "/v1/payments", {**PAYMENT, "identifier": identifier, "reference": f"r{n}"}, key)).status == 201
+        assert (
+            await h.call(
+                "POST", "/v1/payments", {**PAYMENT, "identifier": identifier, "reference": f"r{n}"}, key
+            )
+        ).status == 201
     limited = await h.call("POST", "/v1/payments", {**PAYMENT, "identifier": identifier}, key)
     assert limited.status == 429 and int(limited.header("retry-after") or 0) > 0
 
@@ -210,8 +227,11 @@ async def test_suspension_answers_503_and_resumes(harness: ApiHarness) -> None:
     ):
         answer = await h.call(method, path, {} if method == "POST" else None, auth)
         assert answer.status == 503, (path, answer.body)
-        assert answer.body == {"error": "service_suspended", "message": "the service is suspended",
-                               "notice": "Maintenance jusqu'à 6h"}
+        assert answer.body == {
+            "error": "service_suspended",
+            "message": "the service is suspended",
+            "notice": "Maintenance jusqu'à 6h",
+        }
         assert int(answer.header("retry-after") or 0) > 0
     assert (await h.call("GET", "/v1/notice")).body == {"suspended": True, "notice": "Maintenance jusqu'à 6h"}
     assert await h.sent_sms() == []  # nothing leaves while suspended
@@ -233,20 +253,29 @@ async def test_suspend_one_merchant_or_cardholder(harness: ApiHarness) -> None:
     await h.call("POST", "/v1/admin/suspension", {"notice": "x", "cardholder": identifier}, OPERATOR_KEY)
     refused = await h.call("POST", "/v1/payments", {**PAYMENT, "identifier": identifier}, key)
     assert refused.body["error"] == "payment_refused"
-    unknown = await h.call("POST", "/v1/admin/suspension", {"notice": "x", "cardholder": "1234567897"}, OPERATOR_KEY)
+    unknown = await h.call(
+        "POST", "/v1/admin/suspension", {"notice": "x", "cardholder": "1234567897"}, OPERATOR_KEY
+    )
     assert unknown.status == 404
 
 
 @pytest_twisted.ensureDeferred
 async def test_enrollment_routes(harness: ApiHarness) -> None:
     h = harness
-    fields = {"last_name": "Durand", "first_name": "Paul", "birth_date": "1970-01-31", "mobile": "+33698765432",
-              "card_first8": FIRST8}
+    fields = {
+        "last_name": "Durand",
+        "first_name": "Paul",
+        "birth_date": "1970-01-31",
+        "mobile": "+33698765432",
+        "card_first8": FIRST8,
+    }
     created = await h.call("POST", "/v1/enrollments", fields)
     assert created.status == 201 and created.body["status"] == "awaiting_callback"
     identifier = created.body["identifier"]
     status = await h.call("GET", f"/v1/enrollments/{identifier}")
-    assert status.status == 200 and status.body["status"] == "awaiting_callback" and status.body["next_call_at"]
+    assert (
+        status.status == 200 and status.body["status"] == "awaiting_callback" and status.body["next_call_at"]
+    )
     early = await h.call("POST", f"/v1/enrollments/{identifier}/callback")
     assert early.status == 409
     for _ in range(3):
@@ -266,8 +295,13 @@ async def test_enrollment_routes(harness: ApiHarness) -> None:
 @pytest_twisted.ensureDeferred
 async def test_failed_enrollment_can_ask_a_new_callback(harness: ApiHarness) -> None:
     h = harness
-    fields = {"last_name": "Durand", "first_name": "Paul", "birth_date": "1970-01-31", "mobile": "+33698765432",
-              "card_first8": FIRST8}
+    fields = {
+        "last_name": "Durand",
+        "first_name": "Paul",
+        "birth_date": "1970-01-31",
+        "mobile": "+33698765432",
+        "card_first8": FIRST8,
+    }
     identifier = (await h.call("POST", "/v1/enrollments", fields)).body["identifier"]
     jobs = await h.calls.claim_due("t", 10)
     await h.ivr.start_call(jobs[0].attempt_id)
@@ -288,7 +322,11 @@ async def test_profile_routes(harness: ApiHarness) -> None:
         answer = await h.call("POST", "/v1/profile/challenges", {"identifier": target})
         assert answer.status == 202
     [(_, text)] = await h.sent_sms()
-    wrong = await h.call("POST", "/v1/profile/sessions", {"identifier": identifier, "token": "000000" if token_of(text) != "000000" else "111111"})
+    wrong = await h.call(
+        "POST",
+        "/v1/profile/sessions",
+        {"identifier": identifier, "token": "000000" if token_of(text) != "000000" else "111111"},
+    )
     assert wrong.status == 422 and wrong.body["error"] == "invalid_token"
     opened = await h.call("POST", "/v1/profile/sessions", {"identifier": identifier, "token": token_of(text)})
     assert opened.status == 201
@@ -321,10 +359,15 @@ async def test_operator_routes(harness: ApiHarness) -> None:
     h.core._forget()
     assert (await h.call("GET", "/v1/payments/x", key=rotated.body["api_key"])).status == 401
     assert (await h.call("DELETE", f"/v1/admin/merchants/{merchant_id}", key=OPERATOR_KEY)).status == 404
-    bad_domain = await h.call("POST", "/v1/admin/merchants", {"name": "x", "domain": "not a domain"}, OPERATOR_KEY)
+    bad_domain = await h.call(
+        "POST", "/v1/admin/merchants", {"name": "x", "domain": "not a domain"}, OPERATOR_KEY
+    )
     assert bad_domain.status == 422
     status = await h.call("GET", "/v1/admin/status", key=OPERATOR_KEY)
-    assert status.status == 200 and status.body["links"] == {"ami": "not configured", "smpp": "not configured"}
+    assert status.status == 200 and status.body["links"] == {
+        "ami": "not configured",
+        "smpp": "not configured",
+    }
     assert "queues" in status.body
     assert (await h.call("GET", "/v1/admin/status", key="Bearer wrong")).status == 401
 
@@ -337,7 +380,7 @@ async def test_health_metrics_and_pages(harness: ApiHarness) -> None:
     metrics = await h.call("GET", "/metrics")
     assert metrics.status == 200 and b"idtronic_http_requests_total" in metrics.body
     page = await h.call("GET", "/")
-    assert page.status == 200 and b"<form id=\"enroll-form\"" in page.body
+    assert page.status == 200 and b'<form id="enroll-form"' in page.body
     assert "default-src 'self'" in (page.header("content-security-policy") or "")
 
 
@@ -379,34 +422,93 @@ async def test_openapi_describes_every_route_and_every_answer(harness: ApiHarnes
     key, identifier, payment = await ready(h)
     [(_, text)] = await h.sent_sms()
     merchant_id = (await h.call("GET", "/v1/admin/merchants", key=OPERATOR_KEY)).body["merchants"][0]["id"]
-    base_enroll = {"last_name": "A", "first_name": "B", "birth_date": "1980-01-01", "mobile": "0611223344",
-                   "card_first8": FIRST8}
+    base_enroll = {
+        "last_name": "A",
+        "first_name": "B",
+        "birth_date": "1980-01-01",
+        "mobile": "0611223344",
+        "card_first8": FIRST8,
+    }
     script = [
         ("POST", "/v1/payments", "/v1/payments", {**PAYMENT, "identifier": identifier}, key),
         ("POST", "/v1/payments", "/v1/payments", {**PAYMENT, "identifier": "1"}, key),
         ("POST", "/v1/payments", "/v1/payments", {}, None),
         ("GET", "/v1/payments/{id}", f"/v1/payments/{payment}", None, key),
         ("GET", "/v1/payments/{id}", "/v1/payments/nope", None, key),
-        ("POST", "/v1/payments/{id}/confirm", f"/v1/payments/{payment}/confirm", {"token": "000000" if token_of(text) != "000000" else "111111"}, key),
-        ("POST", "/v1/payments/{id}/confirm", f"/v1/payments/{payment}/confirm", {"token": token_of(text)}, key),
-        ("POST", "/v1/payments/{id}/confirm", f"/v1/payments/{payment}/confirm", {"token": token_of(text)}, key),
+        (
+            "POST",
+            "/v1/payments/{id}/confirm",
+            f"/v1/payments/{payment}/confirm",
+            {"token": "000000" if token_of(text) != "000000" else "111111"},
+            key,
+        ),
+        (
+            "POST",
+            "/v1/payments/{id}/confirm",
+            f"/v1/payments/{payment}/confirm",
+            {"token": token_of(text)},
+            key,
+        ),
+        (
+            "POST",
+            "/v1/payments/{id}/confirm",
+            f"/v1/payments/{payment}/confirm",
+            {"token": token_of(text)},
+            key,
+        ),
         ("POST", "/v1/payments/{id}/resend", f"/v1/payments/{payment}/resend", None, key),
         ("POST", "/v1/payments/{id}/cancel", f"/v1/payments/{payment}/cancel", None, key),
         ("POST", "/v1/enrollments", "/v1/enrollments", base_enroll, None),
         ("POST", "/v1/enrollments", "/v1/enrollments", {**base_enroll, "mobile": "x"}, None),
         ("GET", "/v1/enrollments/{identifier}", f"/v1/enrollments/{identifier}", None, None),
         ("GET", "/v1/enrollments/{identifier}", "/v1/enrollments/1234567897", None, None),
-        ("POST", "/v1/enrollments/{identifier}/callback", f"/v1/enrollments/{identifier}/callback", None, None),
+        (
+            "POST",
+            "/v1/enrollments/{identifier}/callback",
+            f"/v1/enrollments/{identifier}/callback",
+            None,
+            None,
+        ),
         ("POST", "/v1/profile/challenges", "/v1/profile/challenges", {"identifier": identifier}, None),
-        ("POST", "/v1/profile/sessions", "/v1/profile/sessions", {"identifier": identifier, "token": "000000"}, None),
+        (
+            "POST",
+            "/v1/profile/sessions",
+            "/v1/profile/sessions",
+            {"identifier": identifier, "token": "000000"},
+            None,
+        ),
         ("GET", "/v1/profile", "/v1/profile", None, "Session nope"),
         ("PATCH", "/v1/profile", "/v1/profile", {"first_name": "C"}, "Session nope"),
         ("POST", "/v1/admin/merchants", "/v1/admin/merchants", {"name": "Z"}, OPERATOR_KEY),
         ("GET", "/v1/admin/merchants", "/v1/admin/merchants", None, OPERATOR_KEY),
-        ("POST", "/v1/admin/merchants/{id}/rotate-key", f"/v1/admin/merchants/{merchant_id}/rotate-key", None, OPERATOR_KEY),
-        ("POST", "/v1/admin/enrollments", "/v1/admin/enrollments", {**base_enroll, "channel": "phone"}, OPERATOR_KEY),
-        ("POST", "/v1/admin/cardholders/{identifier}/lock", f"/v1/admin/cardholders/{identifier}/lock", {"reason": "x"}, OPERATOR_KEY),
-        ("POST", "/v1/admin/cardholders/{identifier}/unlock", f"/v1/admin/cardholders/{identifier}/unlock", None, OPERATOR_KEY),
+        (
+            "POST",
+            "/v1/admin/merchants/{id}/rotate-key",
+            f"/v1/admin/merchants/{merchant_id}/rotate-key",
+            None,
+            OPERATOR_KEY,
+        ),
+        (
+            "POST",
+            "/v1/admin/enrollments",
+            "/v1/admin/enrollments",
+            {**base_enroll, "channel": "phone"},
+            OPERATOR_KEY,
+        ),
+        (
+            "POST",
+            "/v1/admin/cardholders/{identifier}/lock",
+            f"/v1/admin/cardholders/{identifier}/lock",
+            {"reason": "x"},
+            OPERATOR_KEY,
+        ),
+        (
+            "POST",
+            "/v1/admin/cardholders/{identifier}/unlock",
+            f"/v1/admin/cardholders/{identifier}/unlock",
+            None,
+            OPERATOR_KEY,
+        ),
         ("GET", "/v1/admin/status", "/v1/admin/status", None, OPERATOR_KEY),
         ("GET", "/v1/admin/status", "/v1/admin/status", None, None),
         ("POST", "/v1/admin/suspension", "/v1/admin/suspension", {"notice": "n"}, OPERATOR_KEY),

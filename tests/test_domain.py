@@ -19,7 +19,16 @@ from idtronic_tel.core.errors import (
 from idtronic_tel.core.models import AuditEntry, Cardholder, SmsMessage
 from idtronic_tel.core.ports import CallOutcome, DigitsVerdict
 
-from domain_helpers import FIRST8, IDENTITY, LAST8, active_cardholder, answer_call, enroll, merchant, sent_tokens
+from domain_helpers import (
+    FIRST8,
+    IDENTITY,
+    LAST8,
+    active_cardholder,
+    answer_call,
+    enroll,
+    merchant,
+    sent_tokens,
+)
 
 BODY = {"amount": 4990, "currency": "EUR", "reference": "order-1"}
 
@@ -68,7 +77,9 @@ def test_callback_waits_first_delay_then_accepts_valid_card(core, clock):  # typ
 
     holder = core.raw(stored)
     assert holder.first8_enc is None and holder.card_enc and holder.card_fingerprint
-    assert FIRST8 not in repr(holder.card_enc) and core.rules.vault.decrypt("card", holder.card_enc).endswith(LAST8)
+    assert FIRST8 not in repr(holder.card_enc) and core.rules.vault.decrypt("card", holder.card_enc).endswith(
+        LAST8
+    )
 
 
 def test_three_wrong_entries_fail_and_budget_is_shared_across_calls(core, clock):  # type: ignore[no-untyped-def]
@@ -149,7 +160,9 @@ def test_payment_token_validates_once(core, clock):  # type: ignore[no-untyped-d
     identifier = active_cardholder(core, clock)
     shop = merchant(core, domain="boutique.example.fr")
     created = pay(core, shop, identifier)
-    assert created["status"] == "pending" and created["sms"] == "queued" and created["attempts_remaining"] == 3
+    assert (
+        created["status"] == "pending" and created["sms"] == "queued" and created["attempts_remaining"] == 3
+    )
     [(destination, token)] = sent_tokens(core)
     assert destination == "+33611223344"
     wrong = "000000" if token != "000000" else "111111"
