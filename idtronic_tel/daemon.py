@@ -4,6 +4,7 @@ knows every part; the parts only meet through the core."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from dataclasses import dataclass
@@ -31,9 +32,16 @@ log = Logger()
 HOUSEKEEPING_SECONDS = 15.0
 
 
-def worker_name() -> str:
-    """Names this daemon in the database's work claims (several daemons may share one PostgreSQL)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def worker_name(config: Config) -> str:
+    """Names this daemon in the database's work claims. Several daemons may share one PostgreSQL; the
+    name must also stay the same across restarts, so that a restarted daemon finds what it left on the
+    wire (SMS in SENDING, originated calls). Host name plus HTTP port is both: two daemons cannot share
+    a port on one host."""
+    fields = config.http.listen.split(":")
+    if fields[0] in ("tcp", "tcp6", "ssl") and len(fields) > 1 and fields[1].isdigit() and fields[1] != "0":
+        return f"{socket.gethostname()}:{fields[1]}"
+    digest = hashlib.sha256(str(config.data_dir).encode()).hexdigest()[:8]
+    return f"{socket.gethostname()}:{digest}:{os.getpid() if fields[1:2] == ['0'] else ''}"
 
 
 @dataclass
@@ -69,7 +77,7 @@ def build(config: Config, reactor: Any = None, check: bool = True) -> Daemon:
     rules = Rules(config, Vault(config.keys.data_key, config.keys.hmac_key))
     core = Core(reactor, pool, rules)
     top = MultiService()
-    worker = worker_name()
+    worker = worker_name(config)
 
     smpp = None
     if config.smpp.binds:

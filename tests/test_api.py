@@ -14,7 +14,6 @@ from conftest import test_config
 from domain_helpers import FIRST8, LAST8
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from twisted.internet.defer import Deferred
 
 from idtronic_tel.api.app import build_router
@@ -47,7 +46,7 @@ async def ready(h: ApiHarness) -> tuple[str, str, str]:
 @pytest_twisted.ensureDeferred
 async def test_payment_happy_path_and_errors(harness: ApiHarness) -> None:
     h = harness
-    key, identifier, payment = await ready(h)
+    key, _identifier, payment = await ready(h)
     [(mobile, text)] = await h.sent_sms()
     assert mobile == "+33611223344"
     token = token_of(text)

@@ -9,8 +9,9 @@ import pytest_twisted
 from twisted.internet.protocol import Factory
 
 from idtronic_tel.config_schema import AmiConfig
+from idtronic_tel.core.phones import dial_forms
 from idtronic_tel.core.ports import CallKind, CallOutcome
-from idtronic_tel.ivr.dialer import CallbackDialer, number_forms, originate_headers
+from idtronic_tel.ivr.dialer import CallbackDialer, originate_headers
 from idtronic_tel.simulators.handset import Answer, Handset, HandsetDirectory
 from tests.fakes_ami import FakeCallbackQueue, Harness, make_job, turn, within
 
@@ -28,7 +29,7 @@ def handsets(handset: Handset) -> HandsetDirectory:
 
 
 def test_number_forms_and_headers() -> None:
-    assert number_forms("+33611223344") == {
+    assert dial_forms("+33611223344") == {
         "e164": "+33611223344",
         "digits": "33611223344",
         "national": "0611223344",

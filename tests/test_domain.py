@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
+from domain_helpers import (
+    FIRST8,
+    IDENTITY,
+    LAST8,
+    active_cardholder,
+    answer_call,
+    enroll,
+    merchant,
+    sent_tokens,
+)
 
 from idtronic_tel.core import callbacks, enrollment, outbox, payments, profile, suspension
 from idtronic_tel.core.errors import (
@@ -18,17 +28,6 @@ from idtronic_tel.core.errors import (
 )
 from idtronic_tel.core.models import AuditEntry, Cardholder, SmsMessage
 from idtronic_tel.core.ports import CallOutcome, DigitsVerdict
-
-from domain_helpers import (
-    FIRST8,
-    IDENTITY,
-    LAST8,
-    active_cardholder,
-    answer_call,
-    enroll,
-    merchant,
-    sent_tokens,
-)
 
 BODY = {"amount": 4990, "currency": "EUR", "reference": "order-1"}
 

@@ -196,11 +196,12 @@ class Core:
         return self.pool.run(lambda s: s.scalar(select(1)) == 1)
 
     def housekeeping(self) -> Deferred[dict[str, int]]:
-        """Stale call attempts (dead daemon, lost AMI event) and the voice fallback."""
+        """Stale call attempts and SMS claims (dead daemon, lost AMI event) and the voice fallback."""
 
         def both(s: Session, rules: Rules) -> dict[str, int]:
             return {
                 "stale_attempts": callbacks.resolve_stale(s, rules),
+                "stale_sms_claims": outbox.recover_stale(s, rules),
                 "voice_fallbacks": callbacks.schedule_voice_fallbacks(s, rules),
             }
 

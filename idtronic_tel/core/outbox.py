@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Sequence
+
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -82,9 +85,29 @@ def finish(
 
 
 def recover(s: Session, rules: Rules, worker: str) -> int:
+    """At start-up: what this worker left on the wire when it stopped."""
     rows = s.scalars(
         select(SmsMessage).where(SmsMessage.state == SmsState.SENDING, SmsMessage.claimed_by == worker)
     ).all()
+    return _in_doubt(rules, rows)
+
+
+STALE_CLAIM_SECONDS = 300.0
+
+
+def recover_stale(s: Session, rules: Rules) -> int:
+    """Claims older than any send could take: their daemon died and did not come back (other daemons on
+    the same database resolve them, with the same in-doubt policy)."""
+    limit = rules.now() - dt.timedelta(seconds=STALE_CLAIM_SECONDS)
+    rows = s.scalars(
+        select(SmsMessage)
+        .where(SmsMessage.state == SmsState.SENDING, SmsMessage.claimed_at < limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    return _in_doubt(rules, rows)
+
+
+def _in_doubt(rules: Rules, rows: Sequence[SmsMessage]) -> int:
     for row in rows:
         row.state, row.in_doubt, row.submitted_at = SmsState.SUBMITTED, True, rules.now()
         row.reason = "in doubt: the daemon stopped while the message was on the wire"

@@ -26,7 +26,13 @@ def normalise_mobile(raw: str, region: str) -> str:
 
 
 def dial_forms(e164: str) -> dict[str, str]:
-    """The placeholders of ami.callback_channel: {e164}, {digits}, {national}."""
-    number = phonenumbers.parse(e164, None)
-    national = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)
-    return {"e164": e164, "digits": e164.lstrip("+"), "national": "".join(c for c in national if c.isdigit())}
+    """The placeholders of ami.callback_channel: `{e164}` +33611223344, `{digits}` 33611223344,
+    `{national}` 0611223344."""
+    digits = "".join(c for c in e164 if c.isdigit())
+    try:
+        number = phonenumbers.parse("+" + digits, None)
+        formatted = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)
+        national = "".join(c for c in formatted if c.isdigit())
+    except phonenumbers.NumberParseException:
+        national = digits
+    return {"e164": "+" + digits, "digits": digits, "national": national}

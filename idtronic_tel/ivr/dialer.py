@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import phonenumbers
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -31,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from idtronic_tel.config_schema import AmiConfig
+from idtronic_tel.core.phones import dial_forms
 from idtronic_tel.core.ports import CallbackJob, CallbackQueue, CallOutcome
 from idtronic_tel.ivr.ami_client import AmiClient, originate_outcome
 from idtronic_tel.ivr.ami_codec import Message
@@ -51,25 +51,13 @@ def action_id_for(attempt_id: str) -> str:
     return f"cb-{attempt_id}"
 
 
-def number_forms(e164: str) -> dict[str, str]:
-    """`{e164}` +33611223344, `{digits}` 33611223344, `{national}` 0611223344 for the channel template."""
-    digits = re.sub(r"\D", "", e164)
-    try:
-        parsed = phonenumbers.parse(e164, None)
-        formatted = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
-        national = re.sub(r"\D", "", formatted)
-    except phonenumbers.NumberParseException:
-        national = digits
-    return {"e164": "+" + digits, "digits": digits, "national": national}
-
-
 def originate_headers(
     job: CallbackJob, config: AmiConfig, *, channel_id: str | None = None
 ) -> list[tuple[str, str]]:
     """Headers of the Originate for one attempt (ActionID excluded). Raises ValueError on bad input."""
     if not _SAFE_ID.match(job.attempt_id):
         raise ValueError("attempt id not usable as a channel variable")
-    channel = config.callback_channel.format(**number_forms(job.mobile))
+    channel = config.callback_channel.format(**dial_forms(job.mobile))
     headers = [
         ("Channel", channel),
         ("Context", config.callback_context),

@@ -1,0 +1,225 @@
+"""SMPP 3.4 framing and PDU coding, sans I/O.
+
+`SmppCodec.receive_data(bytes)` returns what the bytes held: decoded PDUs, PDUs to refuse with a
+`generic_nack`, or a signal to close the connection. `encode(...)` turns a PDU into bytes. No reactor, no
+transport: the Twisted protocols (protocol.py, the simulator) feed bytes in and write what comes out.
+
+smpplib is used only as a PDU coder (its classes parse and generate bodies); its client and sockets are not.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any, Final
+
+from smpplib import command_codes
+from smpplib import smpp as smpplib_smpp
+
+HEADER_LENGTH: Final = 16
+DEFAULT_MAX_LENGTH: Final = 64 * 1024
+# Undecodable PDUs in a row before we stop talking to a peer that is clearly not speaking SMPP.
+DEFAULT_MAX_CONSECUTIVE_ERRORS: Final = 5
+# Compact the receive buffer once this many consumed bytes sit in front of it (amortised O(1) per byte).
+_COMPACT_AT: Final = 64 * 1024
+
+_HEADER = struct.Struct(">LLLL")
+
+# command_status values we produce or react to (SMPP 3.4 §5.1.3)
+ESME_ROK: Final = 0x00000000
+ESME_RINVMSGLEN: Final = 0x00000001
+ESME_RINVCMDLEN: Final = 0x00000002
+ESME_RINVCMDID: Final = 0x00000003
+ESME_RINVBNDSTS: Final = 0x00000004
+ESME_RALYBND: Final = 0x00000005
+ESME_RSYSERR: Final = 0x00000008
+ESME_RBINDFAIL: Final = 0x0000000D
+ESME_RINVPASWD: Final = 0x0000000E
+ESME_RINVSYSID: Final = 0x0000000F
+ESME_RMSGQFUL: Final = 0x00000014
+ESME_RTHROTTLED: Final = 0x00000058
+ESME_RX_T_APPN: Final = 0x00000064
+
+GENERIC_NACK: Final = 0x80000000
+RESPONSE_BIT: Final = 0x80000000
+
+
+class _NoSequence:
+    """smpplib asks a 'client' for the next sequence number when it builds a request; we always set the
+    sequence ourselves, so this stand-in only keeps smpplib from touching its module-level default."""
+
+    sequence = 0
+
+    def next_sequence(self) -> int:
+        return 0
+
+
+_NO_SEQUENCE: Final = _NoSequence()
+
+
+@dataclass(frozen=True, slots=True)
+class Pdu:
+    """One decoded PDU. `body` is the smpplib command object (its fields are attributes, strings as bytes)."""
+
+    command: str  # smpplib's name, e.g. "submit_sm_resp"
+    command_id: int
+    status: int
+    sequence: int
+    body: Any
+
+    @property
+    def is_response(self) -> bool:
+        return bool(self.command_id & RESPONSE_BIT)
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """A PDU that was framed but could not be decoded: answer it with generic_nack(status, sequence)."""
+
+    command_id: int
+    sequence: int
+    status: int  # ESME_RINVCMDID (unknown command) or ESME_RINVCMDLEN (body does not parse)
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fatal:
+    """The stream cannot be trusted any more (impossible length, repeated garbage): close the connection."""
+
+    reason: str
+
+
+Event = Pdu | Undecodable | Fatal
+
+
+class SmppCodec:
+    """Frames a byte stream into PDUs.
+
+    `command_length` includes its own 4 bytes, so it must be at least 16 (the header) and at most
+    `max_length`; anything else leaves no way to find the next PDU boundary, so it is Fatal. A framed PDU
+    that does not decode is Undecodable (the caller answers generic_nack); `max_consecutive_errors` of
+    those in a row are Fatal too. After Fatal, the codec ignores further input.
+    """
+
+    def __init__(
+        self,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        max_consecutive_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
+    ) -> None:
+        if max_length < HEADER_LENGTH:
+            raise ValueError(f"max_length must be at least {HEADER_LENGTH}")
+        self.max_length = max_length
+        self.max_consecutive_errors = max_consecutive_errors
+        self._buffer = bytearray()
+        self._offset = 0  # bytes of _buffer already consumed
+        self._errors_in_a_row = 0
+        self.failed = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet framed (for tests and metrics)."""
+        return len(self._buffer) - self._offset
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        if self.failed:
+            return []
+        buf = self._buffer
+        buf += data
+        events: list[Event] = []
+        offset = self._offset
+        end = len(buf)
+        while end - offset >= 4:
+            (length,) = struct.unpack_from(">L", buf, offset)
+            if length < HEADER_LENGTH or length > self.max_length:
+                events.append(
+                    self._fail(f"command_length {length} outside {HEADER_LENGTH}..{self.max_length}")
+                )
+                break
+            if end - offset < length:
+                break
+            raw = bytes(buf[offset : offset + length])
+            offset += length
+            event = decode(raw)
+            if isinstance(event, Pdu):
+                self._errors_in_a_row = 0
+            else:
+                self._errors_in_a_row += 1
+            events.append(event)
+            if self._errors_in_a_row >= self.max_consecutive_errors:
+                events.append(self._fail(f"{self._errors_in_a_row} undecodable PDUs in a row"))
+                break
+        if self.failed:
+            return events
+        # Drop consumed bytes only now and then: deleting the front of a bytearray is a memmove, so doing
+        # it per PDU would make a burst of small PDUs quadratic.
+        if offset == end:
+            buf.clear()
+            offset = 0
+        elif offset >= _COMPACT_AT:
+            del buf[:offset]
+            offset = 0
+        self._offset = offset
+        return events
+
+    def _fail(self, reason: str) -> Fatal:
+        self.failed = True
+        self._buffer = bytearray()
+        self._offset = 0
+        return Fatal(reason)
+
+
+def decode(raw: bytes) -> Pdu | Undecodable:
+    """Decode one whole PDU (header included). Never raises on malformed input."""
+    _length, command_id, status, sequence = _HEADER.unpack_from(raw)
+    try:
+        name = command_codes.get_command_name(command_id)
+    except Exception:
+        return Undecodable(command_id, sequence, ESME_RINVCMDID, f"unknown command_id 0x{command_id:08x}")
+    try:
+        body = smpplib_smpp.parse_pdu(raw, client=_NO_SEQUENCE, allow_unknown_opt_params=True)
+    except Exception as exc:
+        # smpplib raises a variety of things on truncated or inconsistent bodies (struct.error, KeyError,
+        # its own errors, NotImplementedError for commands it names but cannot build): all mean "refuse".
+        status_for = ESME_RINVCMDID if _is_unsupported(exc) else ESME_RINVCMDLEN
+        return Undecodable(command_id, sequence, status_for, f"{name}: {type(exc).__name__}")
+    return Pdu(name, command_id, status, sequence, body)
+
+
+def _is_unsupported(exc: Exception) -> bool:
+    # smpplib's factory knows fewer commands than its code table (e.g. outbind, submit_multi).
+    return type(exc).__name__ == "UnknownCommandError" and "not supported" in str(exc)
+
+
+def encode(command: str, sequence: int, status: int = ESME_ROK, **fields: Any) -> bytes:
+    """Build one PDU. String fields are `str` (smpplib's convention), short_message is bytes."""
+    pdu = smpplib_smpp.make_pdu(command, client=_NO_SEQUENCE, **fields)
+    pdu.sequence = sequence
+    pdu.status = status
+    result: bytes = pdu.generate()
+    return result
+
+
+def encode_header_only(
+    command_id: int, sequence: int, status: int = ESME_ROK, length: int = HEADER_LENGTH
+) -> bytes:
+    """A body-less PDU (generic_nack, enquire_link(_resp), unbind(_resp)); also any *_resp with an error
+    status, which SMPP 3.4 §3.3 lets us send without a body. `length` > 16 when the caller appends one."""
+    return _HEADER.pack(length, command_id, status, sequence)
+
+
+def generic_nack(sequence: int, status: int) -> bytes:
+    return encode_header_only(GENERIC_NACK, sequence, status)
+
+
+def command_id_of(name: str) -> int:
+    code: int = command_codes.get_command_code(name)
+    return code
+
+
+def as_text(value: object) -> str:
+    """smpplib hands C-strings back as bytes (or None when absent)."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("latin-1")
+    return str(value)

@@ -1,0 +1,196 @@
+// An independent SMSC for idtronic-tel's integration tests and benchmark: the npm `smpp` 0.5.1 server,
+// behaving as recorded in shared/protocols/SMPP.md (ids of 8 upper-case hex digits, receipts with the
+// receipted_message_id and message_state TLVs, data_coding 1, generic_nack for unknown commands).
+//
+// Usage: node server.js [--port 0] [--system-id test] [--password secret] [--receipt-delay MS]
+//        [--receipt-status DELIVRD] [--submit-delay MS] [--throttle-every N] [--close-after N]
+//        [--close-connections K] [--first-id N] [--quiet 1]
+// Prints JSON lines on stdout: {"event":"listening","port":P} first, then one line per bind and per
+// accepted submit_sm (without the message text: only its length, coding, UDH and destination).
+'use strict';
+const smpp = require('smpp');
+
+const options = {
+  port: 0,
+  systemId: 'test',
+  password: 'secret',
+  receiptDelay: 0,
+  receiptStatus: 'DELIVRD',
+  submitDelay: 0,
+  throttleEvery: 0,
+  closeAfter: 0,
+  closeConnections: 1,
+  firstId: 9001,
+  quiet: 0,
+};
+const argv = process.argv.slice(2);
+for (let i = 0; i < argv.length; i += 2) {
+  const key = argv[i].replace(/^--/, '').replace(/-([a-z])/g, (_, c) => c.toUpperCase());
+  if (!(key in options)) {
+    process.stderr.write(`unknown option ${argv[i]}\n`);
+    process.exit(2);
+  }
+  options[key] = typeof options[key] === 'number' ? Number(argv[i + 1]) : argv[i + 1];
+}
+
+const MESSAGE_STATE = { DELIVRD: 2, EXPIRED: 3, DELETED: 4, UNDELIV: 5, ACCEPTD: 6, UNKNOWN: 7, REJECTD: 8, ENROUTE: 1 };
+const ESME_RINVBNDSTS = 0x04;
+const ESME_RINVPASWD = 0x0e;
+const ESME_RTHROTTLED = 0x58;
+
+let nextId = options.firstId;
+let submitsSeen = 0; // across sessions, for --throttle-every
+let connectionsClosed = 0;
+const receivers = []; // bound sessions able to take deliver_sm (transceiver / receiver)
+const pendingReceipts = [];
+
+function emit(event) {
+  if (!options.quiet || event.event === 'listening') {
+    process.stdout.write(JSON.stringify(event) + '\n');
+  }
+}
+
+function pad(n) {
+  return String(n).padStart(2, '0');
+}
+
+function smppDate(d) {
+  return pad(d.getUTCFullYear() % 100) + pad(d.getUTCMonth() + 1) + pad(d.getUTCDate()) +
+    pad(d.getUTCHours()) + pad(d.getUTCMinutes());
+}
+
+function sendReceipt(receipt) {
+  const session = receivers.find((s) => !s.closed);
+  if (!session) {
+    pendingReceipts.push(receipt);
+    return;
+  }
+  session.deliver_sm(receipt);
+}
+
+function flushReceipts() {
+  while (pendingReceipts.length && receivers.some((s) => !s.closed)) {
+    sendReceipt(pendingReceipts.shift());
+  }
+}
+
+const server = smpp.createServer(function (session) {
+  session.socket.setNoDelay(true);
+  session.bound = false;
+  session.closed = false;
+  session.submits = 0;
+  session.on('close', () => {
+    session.closed = true;
+    const i = receivers.indexOf(session);
+    if (i >= 0) receivers.splice(i, 1);
+  });
+  session.on('error', () => {
+    // Malformed input or a reset: node-smpp closes the socket; nothing else to do.
+  });
+
+  function onBind(pdu) {
+    const ok = pdu.system_id === options.systemId && pdu.password === options.password;
+    emit({ event: 'bind', command: pdu.command, ok });
+    if (!ok) {
+      session.send(pdu.response({ command_status: ESME_RINVPASWD }));
+      return;
+    }
+    session.bound = true;
+    session.send(pdu.response({ system_id: 'NODESMSC' }));
+    if (pdu.command !== 'bind_transmitter') {
+      receivers.push(session);
+      flushReceipts();
+    }
+  }
+  session.on('bind_transceiver', onBind);
+  session.on('bind_transmitter', onBind);
+  session.on('bind_receiver', onBind);
+
+  session.on('enquire_link', (pdu) => session.send(pdu.response()));
+  session.on('unbind', (pdu) => {
+    session.send(pdu.response());
+    session.close();
+  });
+  session.on('deliver_sm_resp', () => {});
+  session.on('unknown', (pdu) => session.send(pdu.response()));
+
+  session.on('submit_sm', (pdu) => {
+    if (!session.bound) {
+      session.send(pdu.response({ command_status: ESME_RINVBNDSTS }));
+      return;
+    }
+    session.submits += 1;
+    if (options.closeAfter && connectionsClosed < options.closeConnections &&
+        session.submits > options.closeAfter) {
+      // Drop the connection with this submit_sm (and whatever follows it) unanswered.
+      connectionsClosed += 1;
+      emit({ event: 'close', after: options.closeAfter });
+      session.destroy();
+      return;
+    }
+    submitsSeen += 1;
+    if (options.throttleEvery && submitsSeen % options.throttleEvery === 0) {
+      emit({ event: 'throttled', destination: pdu.destination_addr });
+      session.send(pdu.response({ command_status: ESME_RTHROTTLED }));
+      return;
+    }
+    const submitted = new Date();
+    const answer = () => {
+      if (session.closed) return; // never answered: not accepted
+      const id = nextId.toString(16).toUpperCase().padStart(8, '0');
+      nextId += 1;
+      const raw = Buffer.isBuffer(pdu.short_message) ? pdu.short_message : null;
+      const message = pdu.short_message && pdu.short_message.message;
+      const udh = pdu.short_message && pdu.short_message.udh && pdu.short_message.udh[0];
+      emit({
+        event: 'submit',
+        id,
+        destination: pdu.destination_addr,
+        dest_ton: pdu.dest_addr_ton,
+        dest_npi: pdu.dest_addr_npi,
+        source: pdu.source_addr,
+        source_ton: pdu.source_addr_ton,
+        data_coding: pdu.data_coding,
+        esm_class: pdu.esm_class,
+        registered_delivery: pdu.registered_delivery,
+        validity_period: pdu.validity_period instanceof Date ? pdu.validity_period.getTime() : pdu.validity_period,
+        udh: udh ? Buffer.from(udh).toString('hex') : null,
+        length: raw ? raw.length : (typeof message === 'string' ? message.length : 0),
+      });
+      session.send(pdu.response({ message_id: id }));
+      if (pdu.registered_delivery & 0x01) {
+        const stat = options.receiptStatus;
+        const text = `id:${id} sub:001 dlvrd:${stat === 'DELIVRD' ? '001' : '000'} ` +
+          `submit date:${smppDate(submitted)} done date:${smppDate(new Date())} stat:${stat} err:000 text:`;
+        const receipt = {
+          source_addr_ton: pdu.dest_addr_ton,
+          source_addr_npi: pdu.dest_addr_npi,
+          source_addr: pdu.destination_addr,
+          dest_addr_ton: pdu.source_addr_ton,
+          dest_addr_npi: pdu.source_addr_npi,
+          destination_addr: pdu.source_addr,
+          esm_class: 0x04,
+          data_coding: 1,
+          short_message: Buffer.from(text, 'ascii'),
+          receipted_message_id: id,
+          message_state: MESSAGE_STATE[stat] || 7,
+        };
+        if (options.receiptDelay) {
+          setTimeout(() => sendReceipt(receipt), options.receiptDelay);
+        } else {
+          sendReceipt(receipt);
+        }
+      }
+    };
+    if (options.submitDelay) {
+      setTimeout(answer, options.submitDelay);
+    } else {
+      answer();
+    }
+  });
+});
+
+server.listen(options.port, '127.0.0.1', () => {
+  emit({ event: 'listening', port: server.address().port });
+});
+process.on('SIGTERM', () => process.exit(0));
