@@ -37,8 +37,12 @@ class FakeClock:
 
 
 def test_config(**sections: object) -> Config:
+    """A configuration with fresh keys (not a test: imported by test modules)."""
     config = Config(keys=KeysConfig(data_key=secrets.token_bytes(32), hmac_key=secrets.token_bytes(32)))
     return replace(config, **sections)  # type: ignore[arg-type]
+
+
+test_config.__test__ = False  # type: ignore[attr-defined]
 
 
 def make_rules(config: Config | None = None, clock: FakeClock | None = None) -> Rules:

@@ -573,7 +573,7 @@ class AmiEmulatorFactory(ServerFactory):
         self._outcome(call, "Success", REASON_ANSWERED)
         # ;1 now runs the caller context: Answer() then AGI() at priority 2.
         call.one.context, call.one.exten, call.one.priority = call.context, call.exten, 2
-        call.one.application, call.one.application_data = "AGI", f"agi://.../{self.agi_script}"
+        call.one.application, call.one.application_data = "AGI", f"agi://.../{self.script_for(call)}"
         if self.agi_endpoint is None:
             self._later(call, self.answered_hold, self._end, call, 16, 16)
             return
@@ -605,14 +605,21 @@ class AmiEmulatorFactory(ServerFactory):
 
         call.agi.addCallbacks(done, failed)
 
+    def script_for(self, call: Call) -> str:
+        """As dialplan/extensions_idtronic.conf routes it: the voice fallback runs `voice-token`."""
+        if call.variables.get("IDTRONIC_KIND") == "voice_token":
+            return "voice-token"
+        return self.agi_script
+
     def agi_env(self, call: Call) -> dict[str, str]:
         """The FastAGI environment Asterisk sends (agi-*.txt), for the ;1 channel."""
         assert call.one is not None
         assert self.agi_endpoint is not None
+        script = self.script_for(call)
         return {
             "agi_network": "yes",
-            "agi_network_script": self.agi_script,
-            "agi_request": agi_request_url(self.agi_endpoint, self.agi_script),
+            "agi_network_script": script,
+            "agi_request": agi_request_url(self.agi_endpoint, script),
             "agi_channel": call.one.name,
             "agi_language": self.language,
             "agi_type": "Local",
