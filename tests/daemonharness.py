@@ -13,7 +13,14 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-from idtronic_tel.config_schema import AmiConfig, ApiConfig, CallbackConfig, Config, SmppBindConfig, SmppConfig
+from idtronic_tel.config_schema import (
+    AmiConfig,
+    ApiConfig,
+    CallbackConfig,
+    Config,
+    SmppBindConfig,
+    SmppConfig,
+)
 from idtronic_tel.daemon import Daemon, build
 from idtronic_tel.simulators import smsc
 from idtronic_tel.simulators.asterisk_agi import EmulatorOptions, RecordLine, run_agi_channel
@@ -29,16 +36,27 @@ def free_port() -> int:
 
 class DaemonHarness:
     def __init__(
-        self, url: str, base: Config, handsets: HandsetDirectory, receipt_status: str = "DELIVRD", speed: float = 8.0
+        self,
+        url: str,
+        base: Config,
+        handsets: HandsetDirectory,
+        receipt_status: str = "DELIVRD",
+        speed: float = 8.0,
     ) -> None:
         self.agi_lines: list[RecordLine] = []
         http, agi = free_port(), free_port()
         self.simulator = smsc.SmscSimulator(reactor, "idtronic", "secret", 0.05, receipt_status)  # type: ignore[arg-type]
         self.smsc_port = reactor.listenTCP(0, smsc.SmscFactory(self.simulator), interface="127.0.0.1")  # type: ignore[attr-defined]
-        runner = functools.partial(run_agi_channel, options=EmulatorOptions(speed=speed), record=self.agi_lines)
+        runner = functools.partial(
+            run_agi_channel, options=EmulatorOptions(speed=speed), record=self.agi_lines
+        )
         self.asterisk = AmiEmulatorFactory(
-            username="idtronic", secret="ami-secret", handsets=handsets, agi_endpoint=f"tcp:127.0.0.1:{agi}",
-            reactor=reactor, agi_runner=runner,
+            username="idtronic",
+            secret="ami-secret",
+            handsets=handsets,
+            agi_endpoint=f"tcp:127.0.0.1:{agi}",
+            reactor=reactor,
+            agi_runner=runner,
         )
         self.ami_port = reactor.listenTCP(0, self.asterisk, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.config = replace(
@@ -47,14 +65,23 @@ class DaemonHarness:
             http=replace(base.http, listen=f"tcp:{http}:interface=127.0.0.1"),
             agi=replace(base.agi, listen=f"tcp:{agi}:interface=127.0.0.1"),
             api=replace(ApiConfig(), operator_key=OPERATOR_KEY),
-            callback=replace(CallbackConfig(), first_call_delay=0, calling_hours="00:00-24:00", poll_interval=0.2),
+            callback=replace(
+                CallbackConfig(), first_call_delay=0, calling_hours="00:00-24:00", poll_interval=0.2
+            ),
             ami=replace(
-                AmiConfig(), endpoint=f"tcp:127.0.0.1:{self.ami_port.getHost().port}", secret="ami-secret",
+                AmiConfig(),
+                endpoint=f"tcp:127.0.0.1:{self.ami_port.getHost().port}",
+                secret="ami-secret",
                 callback_channel="Local/{national}@callee",
             ),
             smpp=replace(
-                SmppConfig(), poll_interval=0.1,
-                binds=(SmppBindConfig(endpoint=f"tcp:127.0.0.1:{self.smsc_port.getHost().port}", password="secret"),),
+                SmppConfig(),
+                poll_interval=0.1,
+                binds=(
+                    SmppBindConfig(
+                        endpoint=f"tcp:127.0.0.1:{self.smsc_port.getHost().port}", password="secret"
+                    ),
+                ),
             ),
         )
         self.base_url = f"http://127.0.0.1:{http}"

@@ -23,7 +23,9 @@ MOBILE = "+33611223344"
 async def test_undeliverable_sms_is_read_by_phone(sqlite_url: str) -> None:
     handsets = HandsetDirectory()
     handsets.add(MOBILE, first_run_handset(LAST8), Handset())  # enrollment, then a listener
-    base = replace(test_config(), voice_fallback=replace(VoiceFallbackConfig(), enabled=True, no_receipt_after=10))
+    base = replace(
+        test_config(), voice_fallback=replace(VoiceFallbackConfig(), enabled=True, no_receipt_after=10)
+    )
     h = DaemonHarness(sqlite_url, base, handsets, receipt_status="UNDELIV")
     h.start()
     core = h.daemon.core
@@ -31,8 +33,15 @@ async def test_undeliverable_sms_is_read_by_phone(sqlite_url: str) -> None:
         shop = await core.add_merchant("Boutique", None)
         merchant = await core.authenticate_merchant(shop["api_key"])
         enrolled = await core.enroll(
-            {"last_name": "M", "first_name": "C", "birth_date": "1980-01-01", "mobile": MOBILE, "card_first8": FIRST8},
-            "web", "cardholder",
+            {
+                "last_name": "M",
+                "first_name": "C",
+                "birth_date": "1980-01-01",
+                "mobile": MOBILE,
+                "card_first8": FIRST8,
+            },
+            "web",
+            "cardholder",
         )
         identifier = enrolled["identifier"]
 
