@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from typing import IO, Any
@@ -71,6 +72,10 @@ def run(config: Config, demo: bool = False) -> int:
             failed.append(exc)
             reactor.stop()
 
+    # Everything imported and built so far lives as long as the process: keep it out of the cyclic
+    # collector's generations, which shortens the pauses it causes under load.
+    gc.collect()
+    gc.freeze()
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()

@@ -526,3 +526,28 @@ async def test_openapi_describes_every_route_and_every_answer(harness: ApiHarnes
         check(method, template, answer)
         exercised.add((method, template))
     assert exercised == served, f"not exercised: {served - exercised}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_public_routes_are_limited_per_identifier(sqlite_url: str) -> None:
+    h = ApiHarness(sqlite_url, api_config(test_config(), identifier_requests_per_hour=2))
+    try:
+        statuses = [(await h.call("GET", "/v1/enrollments/1234567897")).status for _ in range(2)]
+        limited = await h.call("POST", "/v1/profile/challenges", {"identifier": "1234567897"})
+        assert statuses == [404, 404] and limited.status == 429  # 2 per identifier and hour
+        assert int(limited.header("retry-after") or 0) > 60
+        assert (await h.call("GET", "/v1/enrollments/5555555557")).status == 404  # another identifier
+    finally:
+        await h.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_public_routes_are_limited_per_address_before_the_body_is_read(sqlite_url: str) -> None:
+    h = ApiHarness(sqlite_url, api_config(test_config(), public_requests_per_minute=4))
+    try:
+        statuses = [(await h.call("POST", "/v1/enrollments", {})).status for _ in range(3)]
+        assert statuses == [422, 422, 429]  # 4 per minute, 2 at once
+        limited = await h.call("POST", "/v1/enrollments", raw=b"not even json")
+        assert limited.status == 429 and 1 <= int(limited.header("retry-after") or 0) <= 60
+    finally:
+        await h.stop()

@@ -100,9 +100,12 @@ class ApiResource(Resource):
                     SUSPENDED_RETRY_AFTER,
                     notice=call.merchant.notice,
                 )
+        # Per-address and per-merchant limits come before any body work; the per-identifier limit needs
+        # the identifier, which may be in the body.
+        self._limit(route, call, self._address_waits(route, call))
         if route.body is not None:
             call.body = route.body.parse(self._read_body(request))
-        self._limit(route, call)
+        self._limit(route, call, self._identifier_waits(route, call))
         return await route.handler(call)
 
     async def _authenticate(self, route: Route, call: Call) -> None:
@@ -136,16 +139,21 @@ class ApiResource(Resource):
                 raise ApiError("invalid_session", "send Authorization: Session <session>")
             call.session = credential
 
-    def _limit(self, route: Route, call: Call) -> None:
+    def _address_waits(self, route: Route, call: Call) -> list[float]:
         waits = []
         if route.limited in ("public", "identifier"):
             waits.append(self._public_limit.take(call.client))
-        if route.limited == "identifier":
-            identifier = call.params.get("identifier") or call.body.get("identifier")
-            if isinstance(identifier, str):
-                waits.append(self._identifier_limit.take(identifier))
         if route.template == "/v1/payments" and call.merchant is not None:
             waits.append(self._payment_limit.take(call.merchant.id))
+        return waits
+
+    def _identifier_waits(self, route: Route, call: Call) -> list[float]:
+        identifier = call.params.get("identifier") or call.body.get("identifier")
+        if route.limited == "identifier" and isinstance(identifier, str):
+            return [self._identifier_limit.take(identifier)]
+        return []
+
+    def _limit(self, route: Route, call: Call, waits: list[float]) -> None:
         wait = max(waits, default=0)
         if wait:
             raise ApiError("rate_limited", "too many requests, slow down", int(wait))
