@@ -46,6 +46,7 @@ from idtronic_tel.ivr.ami_codec import (
     encode_banner,
     encode_message,
 )
+from idtronic_tel.simulators.asterisk_agi import default_env, run_agi_channel
 from idtronic_tel.simulators.handset import Answer, Handset, HandsetDirectory
 
 AgiRunner = Callable[[Any, str, dict[str, str], Handset], Coroutine[Any, Any, str]]
@@ -250,8 +251,10 @@ class AmiServerProtocol(Protocol):
             return
         handler = getattr(self, f"action_{name}", None)
         if handler is None:
-            self.error(msg, f"Invalid/unknown command: {action}. "
-                            "Use Action: ListCommands to show available commands.")
+            self.error(
+                msg,
+                f"Invalid/unknown command: {action}. Use Action: ListCommands to show available commands.",
+            )
             return
         handler(msg)
 
@@ -290,8 +293,15 @@ class AmiServerProtocol(Protocol):
         self.respond(msg, "Success", ("Message", "Authentication accepted"))
         if self.wants("system"):
             uptime = str(int(f.clock.seconds() - f.started_at))
-            self.write([("Event", "FullyBooted"), ("Privilege", "system,all"), ("Uptime", uptime),
-                        ("LastReload", uptime), ("Status", "Fully Booted")])
+            self.write(
+                [
+                    ("Event", "FullyBooted"),
+                    ("Privilege", "system,all"),
+                    ("Uptime", uptime),
+                    ("LastReload", uptime),
+                    ("Status", "Fully Booted"),
+                ]
+            )
         if self.wants("security"):
             self.write(self._successful_auth(username, md5=self.challenge is not None))
         f._notify("login")
@@ -303,10 +313,20 @@ class AmiServerProtocol(Protocol):
             h, p = self.transport.getHost(), self.transport.getPeer()
             local = f"IPV4/TCP/{getattr(h, 'host', '127.0.0.1')}/{getattr(h, 'port', 0)}"
             remote = f"IPV4/TCP/{getattr(p, 'host', '127.0.0.1')}/{getattr(p, 'port', 0)}"
-        return [("Event", "SuccessfulAuth"), ("Privilege", "security,all"), ("EventTV", tv),
-                ("Severity", "Informational"), ("Service", "AMI"), ("EventVersion", "1"),
-                ("AccountID", username), ("SessionID", f"0x{id(self):x}"), ("LocalAddress", local),
-                ("RemoteAddress", remote), ("UsingPassword", "0" if md5 else "1"), ("SessionTV", tv)]
+        return [
+            ("Event", "SuccessfulAuth"),
+            ("Privilege", "security,all"),
+            ("EventTV", tv),
+            ("Severity", "Informational"),
+            ("Service", "AMI"),
+            ("EventVersion", "1"),
+            ("AccountID", username),
+            ("SessionID", f"0x{id(self):x}"),
+            ("LocalAddress", local),
+            ("RemoteAddress", remote),
+            ("UsingPassword", "0" if md5 else "1"),
+            ("SessionTV", tv),
+        ]
 
     def _refuse(self, msg: Message) -> None:
         self._refusal = None
@@ -323,10 +343,14 @@ class AmiServerProtocol(Protocol):
     def action_corestatus(self, msg: Message) -> None:
         f = self.factory
         self.respond(
-            msg, "Success",
-            ("CoreStartupDate", "2026-11-26"), ("CoreStartupTime", "16:28:08"),
-            ("CoreReloadDate", "2026-11-26"), ("CoreReloadTime", "16:28:08"),
-            ("CoreCurrentCalls", str(len(f.calls))), ("CoreProcessedCalls", str(f.processed_calls)),
+            msg,
+            "Success",
+            ("CoreStartupDate", "2026-11-26"),
+            ("CoreStartupTime", "16:28:08"),
+            ("CoreReloadDate", "2026-11-26"),
+            ("CoreReloadTime", "16:28:08"),
+            ("CoreCurrentCalls", str(len(f.calls))),
+            ("CoreProcessedCalls", str(f.processed_calls)),
         )
 
     def action_coreshowchannels(self, msg: Message) -> None:
@@ -336,12 +360,25 @@ class AmiServerProtocol(Protocol):
         now = self.factory.clock.seconds()
         for ch in channels:
             secs = int(now - ch.created)
-            self.write([("Event", "CoreShowChannel"), *aid, *ch.headers(), ("Application", ch.application),
-                        ("ApplicationData", ch.application_data),
-                        ("Duration", f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}"),
-                        ("BridgeId", "")])
-        self.write([("Event", "CoreShowChannelsComplete"), *aid, ("EventList", "Complete"),
-                    ("ListItems", str(len(channels)))])
+            self.write(
+                [
+                    ("Event", "CoreShowChannel"),
+                    *aid,
+                    *ch.headers(),
+                    ("Application", ch.application),
+                    ("ApplicationData", ch.application_data),
+                    ("Duration", f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}"),
+                    ("BridgeId", ""),
+                ]
+            )
+        self.write(
+            [
+                ("Event", "CoreShowChannelsComplete"),
+                *aid,
+                ("EventList", "Complete"),
+                ("ListItems", str(len(channels))),
+            ]
+        )
 
     def action_status(self, msg: Message) -> None:
         channels = self.factory.channels()
@@ -350,11 +387,28 @@ class AmiServerProtocol(Protocol):
         now = self.factory.clock.seconds()
         for ch in channels:
             # As recorded: Privilege "Call" and the ActionID LAST in Status events.
-            self.write([("Event", "Status"), ("Privilege", "Call"), *ch.headers(), ("Type", "Local"),
-                        ("DNID", ""), ("Application", ch.application), ("Data", ch.application_data),
-                        ("Seconds", str(int(now - ch.created))), *aid])
-        self.write([("Event", "StatusComplete"), *aid, ("EventList", "Complete"),
-                    ("ListItems", str(len(channels))), ("Items", str(len(channels)))])
+            self.write(
+                [
+                    ("Event", "Status"),
+                    ("Privilege", "Call"),
+                    *ch.headers(),
+                    ("Type", "Local"),
+                    ("DNID", ""),
+                    ("Application", ch.application),
+                    ("Data", ch.application_data),
+                    ("Seconds", str(int(now - ch.created))),
+                    *aid,
+                ]
+            )
+        self.write(
+            [
+                ("Event", "StatusComplete"),
+                *aid,
+                ("EventList", "Complete"),
+                ("ListItems", str(len(channels))),
+                ("Items", str(len(channels))),
+            ]
+        )
 
     def action_originate(self, msg: Message) -> None:
         channel = msg.get("Channel")
@@ -377,6 +431,7 @@ class AmiServerProtocol(Protocol):
             self.respond(msg, "Success", ("Message", "Originate successfully queued"))
             f.start_call(msg, timeout_ms, None)
         else:
+
             def reply(ok: bool) -> None:
                 if ok:
                     self.respond(msg, "Success", ("Message", "Originate successfully queued"))
@@ -460,8 +515,12 @@ class AmiEmulatorFactory(ServerFactory):
     # -- test synchronisation ----------------------------------------------------------------------------
 
     def _count(self, what: str) -> int:
-        return {"login": self.logins, "login_failure": self.login_failures, "originate": len(self.originates),
-                "outcome": len(self.outcomes)}[what]
+        return {
+            "login": self.logins,
+            "login_failure": self.login_failures,
+            "originate": len(self.originates),
+            "outcome": len(self.outcomes),
+        }[what]
 
     def when(self, what: str, count: int) -> Deferred[int]:
         """Fires once `what` ("login", "login_failure", "originate", "outcome") reached `count`."""
@@ -506,10 +565,17 @@ class AmiEmulatorFactory(ServerFactory):
         tech, _, rest = dial.partition("/")
         number, _, callee_ctx = rest.partition("@")
         call = Call(
-            action_id=msg.action_id, dial_string=dial, number=number, context=msg.get("Context") or "",
-            exten=msg.get("Exten") or "", priority=msg.get("Priority") or "1", timeout_ms=timeout_ms,
-            caller=parse_caller_id(msg.get("CallerID")), variables=parse_variables(msg.get_all("Variable")),
-            handset=self.handsets.take(number), sync_reply=sync_reply,
+            action_id=msg.action_id,
+            dial_string=dial,
+            number=number,
+            context=msg.get("Context") or "",
+            exten=msg.get("Exten") or "",
+            priority=msg.get("Priority") or "1",
+            timeout_ms=timeout_ms,
+            caller=parse_caller_id(msg.get("CallerID")),
+            variables=parse_variables(msg.get_all("Variable")),
+            handset=self.handsets.take(number),
+            sync_reply=sync_reply,
         )
         if tech.lower() not in self.loaded_technologies or not number:
             # No channel is created at all: only the failure (ami-originate-bad-channel-tech.txt).
@@ -522,11 +588,31 @@ class AmiEmulatorFactory(ServerFactory):
         uid1 = channel_id or self._uniqueid()
         uid2 = f"{channel_id};2" if channel_id else self._uniqueid()
         now = self.clock.seconds()
-        call.one = Channel(f"{base};1", uid1, uid1, callee_ctx, number, 0, caller=call.caller,
-                           connected=call.caller, application="AppDial2", application_data="(Outgoing Line)",
-                           created=now)
-        call.two = Channel(f"{base};2", uid2, uid1, callee_ctx, number, 4, caller=call.caller,
-                           connected=call.caller, application="Wait", created=now)
+        call.one = Channel(
+            f"{base};1",
+            uid1,
+            uid1,
+            callee_ctx,
+            number,
+            0,
+            caller=call.caller,
+            connected=call.caller,
+            application="AppDial2",
+            application_data="(Outgoing Line)",
+            created=now,
+        )
+        call.two = Channel(
+            f"{base};2",
+            uid2,
+            uid1,
+            callee_ctx,
+            number,
+            4,
+            caller=call.caller,
+            connected=call.caller,
+            application="Wait",
+            created=now,
+        )
         self._channel_event("Newchannel", call.one)
         self._channel_event("Newchannel", call.two)
         self._dial_event("DialBegin", call, ("DialString", rest))
@@ -577,16 +663,7 @@ class AmiEmulatorFactory(ServerFactory):
         if self.agi_endpoint is None:
             self._later(call, self.answered_hold, self._end, call, 16, 16)
             return
-        runner = self.agi_runner
-        if runner is None:
-            try:
-                from idtronic_tel.simulators.asterisk_agi import run_agi_channel  # type: ignore[import-not-found,unused-ignore]
-            except ImportError:
-                self.log.error("emulator: idtronic_tel.simulators.asterisk_agi is missing; AGISTATUS=FAILURE")
-                call.agi_status = "FAILURE"
-                self._later(call, 0, self._end, call, 16, 16)
-                return
-            runner = run_agi_channel
+        runner = self.agi_runner or run_agi_channel
         env = self.agi_env(call)
         call.agi = ensureDeferred(runner(self.reactor, self.agi_endpoint, env, call.handset))
 
@@ -616,31 +693,27 @@ class AmiEmulatorFactory(ServerFactory):
         assert call.one is not None
         assert self.agi_endpoint is not None
         script = self.script_for(call)
-        return {
-            "agi_network": "yes",
-            "agi_network_script": script,
-            "agi_request": agi_request_url(self.agi_endpoint, script),
-            "agi_channel": call.one.name,
-            "agi_language": self.language,
-            "agi_type": "Local",
-            "agi_uniqueid": call.one.uniqueid,
-            "agi_version": ASTERISK_VERSION,
-            "agi_callerid": call.caller[0],
-            "agi_calleridname": call.caller[1],
-            "agi_callingpres": "0",
-            "agi_callingani2": "0",
-            "agi_callington": "0",
-            "agi_callingtns": "0",
-            "agi_dnid": "unknown",
-            "agi_rdnis": "unknown",
-            "agi_context": call.context,
-            "agi_extension": call.exten,
-            "agi_priority": "2",
-            "agi_enhanced": "0.0",
-            "agi_accountcode": "",
-            "agi_threadid": str(140000000000000 + self.random.randrange(1_000_000_000)),
-            "agi_arg_1": call.variables.get("IDTRONIC_CALLBACK", ""),
-        }
+        host, _, port = (
+            agi_request_url(self.agi_endpoint, script)[len("agi://") :].partition("/")[0].rpartition(":")
+        )
+        env = default_env(
+            script,
+            (call.variables.get("IDTRONIC_CALLBACK", ""),),
+            host=host,
+            port=int(port),
+            language=self.language,
+            channel=call.one.name,
+            uniqueid=call.one.uniqueid,
+            callerid=call.caller[0],
+        )
+        env.update(
+            agi_calleridname=call.caller[1],
+            agi_context=call.context,
+            agi_extension=call.exten,
+            agi_priority="2",
+            agi_threadid=str(140000000000000 + self.random.randrange(1_000_000_000)),
+        )
+        return env
 
     def _no_answer(self, call: Call) -> None:
         self._hangup(call.two, 19)
@@ -755,8 +828,15 @@ class AmiEmulatorFactory(ServerFactory):
     def _complete_shutdown(self) -> None:
         if not self.shutting_down or self.calls:
             return
-        self.broadcast([("Event", "Shutdown"), ("Privilege", "system,all"), ("Shutdown", "Cleanly"),
-                        ("Restart", "True")], "system")
+        self.broadcast(
+            [
+                ("Event", "Shutdown"),
+                ("Privilege", "system,all"),
+                ("Shutdown", "Cleanly"),
+                ("Restart", "True"),
+            ],
+            "system",
+        )
         for s in list(self.sessions):
             s.drop()
         self.shutting_down = False
@@ -807,11 +887,23 @@ class AmiEmulatorService(Service):
 
 
 def makeService(
-    listen: str, username: str, secret: str, agi_endpoint: str | None, handsets: HandsetDirectory,
-    *, reactor: Any = None, **options: Any,
+    listen: str,
+    username: str,
+    secret: str,
+    agi_endpoint: str | None,
+    handsets: HandsetDirectory,
+    *,
+    reactor: Any = None,
+    **options: Any,
 ) -> IService:
     """The emulator as a service: `listen` is a server endpoint string (`tcp:0:interface=127.0.0.1`)."""
     reactor = reactor if reactor is not None else _default_reactor()
-    factory = AmiEmulatorFactory(username=username, secret=secret, handsets=handsets,
-                                 agi_endpoint=agi_endpoint, reactor=reactor, **options)
+    factory = AmiEmulatorFactory(
+        username=username,
+        secret=secret,
+        handsets=handsets,
+        agi_endpoint=agi_endpoint,
+        reactor=reactor,
+        **options,
+    )
     return AmiEmulatorService(serverFromString(reactor, listen), factory)
