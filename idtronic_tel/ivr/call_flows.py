@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from prometheus_client import Counter
 from twisted.logger import Logger
 
 from idtronic_tel.config_schema import CallbackConfig, VoiceFallbackConfig
@@ -26,6 +27,7 @@ from idtronic_tel.ivr.agi_codec import AgiEnv
 from idtronic_tel.ivr.agi_protocol import AgiCommandTimeout, AgiError, ChannelHungUp, DtmfEntry, PromptFailed
 from idtronic_tel.ivr.prompts import Prompt
 
+IVR_CALLS = Counter("idtronic_ivr_calls", "FastAGI call flows ended, by flow and reason", ["flow", "reason"])
 log = Logger()
 
 CALLBACK_VARIABLE = "IDTRONIC_CALLBACK"  # set by the Originate; fallback when agi_arg_1 is empty
@@ -240,6 +242,7 @@ class _Flow(Generic[S]):
     async def _end_call(self) -> None:
         self.ended = True
         assert self.attempt_id is not None
+        IVR_CALLS.labels(type(self).__name__, self.reason.value).inc()
         try:
             await self.gateway.end_call(self.attempt_id, self.reason.value)
         except Exception as exc:

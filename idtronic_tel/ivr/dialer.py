@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from prometheus_client import Counter
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -40,6 +41,10 @@ from idtronic_tel.ivr.ami_protocol import (
     AmiConnectionLost,
     AmiNotLoggedIn,
     is_success,
+)
+
+CALL_OUTCOMES = Counter(
+    "idtronic_callback_outcomes", "Originate outcomes by kind of call", ["kind", "outcome"]
 )
 
 # Attempt ids travel in `Variable: IDTRONIC_CALLBACK=<id>`, where Asterisk splits on commas: keep them tame.
@@ -196,8 +201,9 @@ class CallbackDialer(Service):
                 job, self.config, channel_id=att.action_id if self.use_channel_id else None
             )
         except (ValueError, KeyError, IndexError) as e:
-            self.log.error("Callback {attempt_id} not placed: {error}", attempt_id=job.attempt_id,
-                           error=str(e))
+            self.log.error(
+                "Callback {attempt_id} not placed: {error}", attempt_id=job.attempt_id, error=str(e)
+            )
             await self._resolve(att, CallOutcome.FAILED, f"not placed: {e}")
             return
         # Waiter and deadline first: the OriginateResponse may arrive before the immediate response.
@@ -207,8 +213,9 @@ class CallbackDialer(Service):
         try:
             await self.queue.mark_originated(job.attempt_id, att.action_id)
         except Exception as e:
-            self.log.failure("Callback {attempt_id} not placed: mark_originated failed",
-                             attempt_id=job.attempt_id)
+            self.log.failure(
+                "Callback {attempt_id} not placed: mark_originated failed", attempt_id=job.attempt_id
+            )
             await self._resolve(att, CallOutcome.FAILED, f"not placed: mark_originated failed ({e!r})")
             return
         while not att.resolved:
@@ -229,21 +236,33 @@ class CallbackDialer(Service):
                 continue  # not written
             except (AmiActionTimeout, AmiConnectionLost) as e:
                 # Written, fate unknown. Never re-send: the OriginateResponse or the deadline decides.
-                self.log.warn("Callback {attempt_id}: Originate in doubt ({error}); waiting for its outcome",
-                              attempt_id=job.attempt_id, error=str(e))
+                self.log.warn(
+                    "Callback {attempt_id}: Originate in doubt ({error}); waiting for its outcome",
+                    attempt_id=job.attempt_id,
+                    error=str(e),
+                )
                 return
             if is_success(response):
-                self.log.info("Callback {attempt_id} originated ({kind}, call {attempt_no})",
-                              attempt_id=job.attempt_id, kind=job.kind.value, attempt_no=job.attempt_no)
+                self.log.info(
+                    "Callback {attempt_id} originated ({kind}, call {attempt_no})",
+                    attempt_id=job.attempt_id,
+                    kind=job.kind.value,
+                    attempt_no=job.attempt_no,
+                )
                 return
             message = response.get("Message") or ""
             if message == SHUTTING_DOWN_MESSAGE:
                 # Refused, hence certainly not queued: send it to the restarted Asterisk.
-                self.log.warn("Callback {attempt_id}: Asterisk is shutting down; originating after restart",
-                              attempt_id=job.attempt_id)
+                self.log.warn(
+                    "Callback {attempt_id}: Asterisk is shutting down; originating after restart",
+                    attempt_id=job.attempt_id,
+                )
                 continue
-            self.log.warn("Callback {attempt_id}: Originate refused: {message}", attempt_id=job.attempt_id,
-                          message=message)
+            self.log.warn(
+                "Callback {attempt_id}: Originate refused: {message}",
+                attempt_id=job.attempt_id,
+                message=message,
+            )
             await self._resolve(att, CallOutcome.FAILED, f"Originate refused: {message}")
             return
 
@@ -252,8 +271,9 @@ class CallbackDialer(Service):
     def _watch(self, att: _Attempt) -> None:
         self._attempts[att.job.attempt_id] = att
         att.response = self.ami.expect_originate_response(att.action_id)
-        att.response.addCallbacks(self._on_response, self._on_response_failure, callbackArgs=(att,),
-                                  errbackArgs=(att,))
+        att.response.addCallbacks(
+            self._on_response, self._on_response_failure, callbackArgs=(att,), errbackArgs=(att,)
+        )
         delay = (att.job.deadline - self.now()).total_seconds()
         att.deadline = self.clock.callLater(max(0.0, delay), self._on_deadline, att)
 
@@ -268,8 +288,10 @@ class CallbackDialer(Service):
 
     def _on_deadline(self, att: _Attempt) -> None:
         att.deadline = None
-        self.log.warn("Callback {attempt_id}: no OriginateResponse before the deadline: outcome unknown",
-                      attempt_id=att.job.attempt_id)
+        self.log.warn(
+            "Callback {attempt_id}: no OriginateResponse before the deadline: outcome unknown",
+            attempt_id=att.job.attempt_id,
+        )
         self._spawn_resolve(att, CallOutcome.UNKNOWN, "no OriginateResponse before the deadline")
 
     def _spawn_resolve(self, att: _Attempt, outcome: CallOutcome, detail: str) -> None:
@@ -281,8 +303,13 @@ class CallbackDialer(Service):
             return
         self._release(att)
         self._attempts.pop(att.job.attempt_id, None)
-        self.log.info("Callback {attempt_id}: {outcome} ({detail})", attempt_id=att.job.attempt_id,
-                      outcome=outcome.value, detail=detail)
+        self.log.info(
+            "Callback {attempt_id}: {outcome} ({detail})",
+            attempt_id=att.job.attempt_id,
+            outcome=outcome.value,
+            detail=detail,
+        )
+        CALL_OUTCOMES.labels(att.job.kind.value, outcome.value).inc()
         try:
             await self.queue.apply_outcome(att.job.attempt_id, outcome, detail)
         except Exception:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from prometheus_client import Counter
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -36,6 +37,12 @@ from .errors import NoResponse, NotBound, RequestFailed
 from .messages import EncodedPart, destination_address, encode_text, relative_validity
 from .receipts import SubmissionTracker, normalise_id
 from .status import THROTTLING, TRANSIENT, status_name
+
+OUTCOMES = Counter(
+    "idtronic_smpp_messages",
+    "SMS leaving the outbox worker, by outcome (submitted, in_doubt, ...)",
+    ["outcome"],
+)
 
 
 class Outcome(enum.IntEnum):
@@ -404,9 +411,11 @@ class OutboxWorker(Service):
         if job.failure is None:
             ids = [message_id for message_id in job.ids if message_id is not None]
             assert job.bind is not None and len(ids) == len(job.parts)
+            OUTCOMES.labels("submitted").inc()
             recorded = self.outbox.mark_submitted(sms_id, ids, job.bind.config.name)
         else:
             outcome, reason = job.failure
+            OUTCOMES.labels(outcome.name.lower()).inc()
             self.log.info(
                 "SMPP sms {sms_id}: {outcome} ({reason})",
                 sms_id=sms_id,
