@@ -198,6 +198,7 @@ class ApiResource(Resource):
         LATENCY.labels(template).observe(elapsed)
         if getattr(request, "_disconnected", False):
             return
+        request.setHeader("content-length", str(len(payload)))  # no chunked encoding for small bodies
         request.write(payload)
         request.finish()
 
