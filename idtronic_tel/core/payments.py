@@ -40,10 +40,12 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def view(s: Session, rules: Rules, payment: Payment) -> dict[str, Any]:
-    sms = s.scalar(
-        select(SmsMessage.state).where(SmsMessage.payment_id == payment.id).order_by(SmsMessage.id.desc())
-    )
+def view(s: Session, rules: Rules, payment: Payment, sms: str | None = None) -> dict[str, Any]:
+    """`sms`: the state of the payment's latest SMS when the caller knows it (it was just queued)."""
+    if sms is None:
+        sms = s.scalar(
+            select(SmsMessage.state).where(SmsMessage.payment_id == payment.id).order_by(SmsMessage.id.desc())
+        )
     return {
         "id": payment.id,
         "status": payment.status,
@@ -120,7 +122,7 @@ def create(
     challenge = _send_token(s, rules, merchant, holder, payment)
     payment.expires_at = challenge.expires_at
     audit.record(s, rules, f"merchant:{merchant.id}", "payment.create", f"payment:{payment.id}")
-    answer = view(s, rules, payment)
+    answer = view(s, rules, payment, sms="queued")  # its SMS was queued just now: no query
     if idempotency_key is not None:
         s.add(
             IdempotencyRecord(
