@@ -51,10 +51,15 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _port_of(listen: str) -> int:
+def _port_of(listen: str, key: str, free_if_zero: bool = False) -> int:
+    """The TCP port of a loopback server endpoint string; 0 picks a free one when allowed."""
     fields = listen.split(":")
-    if fields[0] not in ("tcp", "tcp6") or not fields[1].isdigit() or fields[1] == "0":
-        raise ValueError(f"demo mode needs agi.listen on a fixed TCP port, not {listen!r}")
+    if fields[0] not in ("tcp", "tcp6") or len(fields) < 2 or not fields[1].isdigit():
+        raise ValueError(f"demo mode needs {key} on TCP, not {listen!r}")
+    if fields[1] == "0":
+        if not free_if_zero:
+            raise ValueError(f"demo mode needs {key} on a fixed TCP port, not {listen!r}")
+        return _free_port()
     return int(fields[1])
 
 
@@ -71,8 +76,9 @@ def with_demo_peers(config: Config, reactor: Any) -> tuple[Config, DemoPeers]:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    smsc_port, ami_port = _free_port(), _free_port()
-    agi_port = _port_of(config.agi.listen)
+    smsc_port = _port_of(config.demo.smsc_listen, "demo.smsc_listen", free_if_zero=True)
+    ami_port = _port_of(config.demo.ami_listen, "demo.ami_listen", free_if_zero=True)
+    agi_port = _port_of(config.agi.listen, "agi.listen")
     config = replace(
         config,
         ami=replace(

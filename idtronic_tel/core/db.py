@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import sessionmaker
 from twisted.internet import threads
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorCore, IReactorThreads
+from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -127,11 +127,6 @@ class DBPool:
     def stop(self) -> None:
         self._pool.stop()
         self.engine.dispose()
-
-    def attach(self, reactor: IReactorCore) -> None:
-        """Start with the reactor and stop before it exits."""
-        reactor.callWhenRunning(self.start)
-        reactor.addSystemEventTrigger("during", "shutdown", self.stop)
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
         """`fn(session, *args, **kwargs)` in one transaction on a pool thread, retried on deadlock."""

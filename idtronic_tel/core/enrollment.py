@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from . import audit, budget
 from .cards import new_identifier
 from .errors import Conflict, InvalidInput, NotFound
-from .models import CallbackAttempt, CallbackRequest, Cardholder
+from .models import CallbackRequest, Cardholder
 from .phones import InvalidMobile, normalise_mobile
 from .rules import Rules
 
@@ -159,12 +159,3 @@ def lock(s: Session, rules: Rules, identifier: str, locked: bool, reason: str) -
     )
     return {"identifier": identifier, "locked": locked}
 
-
-def attempts_in_flight(s: Session, request_id: int) -> int:
-    return len(
-        s.scalars(
-            select(CallbackAttempt.id).where(
-                CallbackAttempt.request_id == request_id, CallbackAttempt.state != "ended"
-            )
-        ).all()
-    )

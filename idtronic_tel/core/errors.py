@@ -68,15 +68,5 @@ class RateLimited(DomainError):
         self.retry_after = max(1, int(retry_after + 0.999))
 
 
-class Suspended(DomainError):
-    """The service, or this merchant or cardholder, is suspended by the operator."""
-
-    code = "service_suspended"
-
-    def __init__(self, notice: str) -> None:
-        super().__init__("the service is suspended", notice=notice)
-        self.notice = notice
-
-
 class SessionInvalid(DomainError):
     code = "invalid_session"

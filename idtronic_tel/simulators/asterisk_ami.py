@@ -51,7 +51,6 @@ from idtronic_tel.simulators.handset import Answer, Handset, HandsetDirectory
 
 AgiRunner = Callable[[Any, str, dict[str, str], Handset], Coroutine[Any, Any, str]]
 
-ASTERISK_VERSION = "22.10.1"
 SHUTTING_DOWN = "Asterisk is shutting down"
 PRE_LOGIN = frozenset({"login", "challenge", "logoff"})
 
