@@ -46,6 +46,14 @@ TEXT = "id-tronic : code 483920 pour payer 49,90 EUR chez Boutique Exemple. Vala
 class Smsc:
     """node server.js in quiet mode (no line per message: its stdout would cost the SMSC time)."""
 
+    def cpu_seconds(self) -> float:
+        """CPU time node has used so far (Linux /proc; 0 elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def __init__(self, submit_delay_ms: int) -> None:
         self.process = subprocess.Popen(
             ["node", str(FIXTURE), "--quiet", "1", "--submit-delay", str(submit_delay_ms)],
@@ -284,7 +292,13 @@ def main() -> int:
         results[f"smpplib_one_at_a_time_{delay}ms"] = with_smsc(
             delay, lambda p, count=count: smpplib_one_at_a_time(p, count)
         )
-        results[f"ceiling_window100_{delay}ms"] = with_smsc(delay, lambda p: smsc_ceiling(p, n, 100))
+        smsc = Smsc(delay)
+        try:
+            node_before = smsc.cpu_seconds()
+            results[f"ceiling_window100_{delay}ms"] = smsc_ceiling(smsc.port, n, 100)
+            results[f"cpu_us_smsc_in_ceiling_{delay}ms"] = 1e6 * (smsc.cpu_seconds() - node_before) / n
+        finally:
+            smsc.close()
 
     async def ours_all(reactor: Any) -> None:
         for delay in (0, 20):
@@ -292,10 +306,16 @@ def main() -> int:
                 count = n_slow if (window == 1 and delay) else n
                 smsc = Smsc(delay)
                 try:
+                    ours_before, node_before = time.process_time(), smsc.cpu_seconds()
                     outbox = await ours(reactor, smsc.port, count, window)
+                    ours_cpu = time.process_time() - ours_before
+                    node_cpu = smsc.cpu_seconds() - node_before
                 finally:
                     smsc.close()
                 results[f"ours_window{window}_{delay}ms"] = count / (outbox.last_receipt - outbox.first_claim)
+                if window == 100:  # CPU per message (ours: bind and unbind included)
+                    results[f"cpu_us_ours_{delay}ms"] = 1e6 * ours_cpu / count
+                    results[f"cpu_us_smsc_with_ours_{delay}ms"] = 1e6 * node_cpu / count
         smsc = Smsc(0)
         try:
             outbox = await ours(reactor, smsc.port, args.cap_messages, 10, max_tps=args.cap_tps)
@@ -334,6 +354,12 @@ def report(results: dict[str, float]) -> str:
         lines.append(
             f"ratio ours w100 / SMSC ceiling ({delay}): "
             f"{100 * results['ours_window100_' + delay] / results['ceiling_window100_' + delay]:.0f} %"
+        )
+    for delay in ("0ms", "20ms"):
+        lines.append(
+            f"CPU per message, window 100 ({delay}): ours {results['cpu_us_ours_' + delay]:.0f} µs, "
+            f"SMSC {results['cpu_us_smsc_with_ours_' + delay]:.0f} µs "
+            f"(SMSC in the ceiling run: {results['cpu_us_smsc_in_ceiling_' + delay]:.0f} µs)"
         )
     achieved, target = results["cap_achieved_tps"], results["cap_target_tps"]
     error = 100 * (achieved / target - 1)

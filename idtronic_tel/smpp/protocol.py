@@ -201,7 +201,7 @@ class SmppClientProtocol(Protocol):
         if self.session.state not in MAY_SUBMIT:
             raise NotBound(f"session is {self.session.state.value}")
         sequence = self._next_sequence()
-        return self._request("submit_sm", codec.encode("submit_sm", sequence, **fields), sequence)
+        return self._request("submit_sm", codec.encode_submit_sm(sequence, fields), sequence)
 
     def unbind(self) -> Deferred[None]:
         """Send unbind, wait for unbind_resp (or the response timeout), then close. Fires once closed."""

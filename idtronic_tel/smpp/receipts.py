@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import Counter
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from ..core.ports import SmsOutbox, SmsState
@@ -49,6 +51,11 @@ _MESSAGE_STATE_TLV: Final[dict[int, SmsState | None]] = {
     7: None,  # UNKNOWN
     8: SmsState.UNDELIVERABLE,  # REJECTED
 }
+# A receipt whose id matches no message is looked up again after these delays (seconds) before it is
+# acknowledged as unknown: with several daemons on one SMSC account, the receipt of a message submitted by
+# daemon B may reach daemon A's bind before B has committed mark_submitted (B's SubmissionTracker cannot
+# hold it: it is A that received it). The deliver_sm_resp waits meanwhile.
+UNKNOWN_RETRY_DELAYS: Final = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2.0)
 _ID_FIELD: Final = re.compile(rb"(?:^|\s)id:(\S+)", re.IGNORECASE)
 _STAT_FIELD: Final = re.compile(rb"(?:^|\s)stat:(\w+)", re.IGNORECASE)
 
@@ -124,6 +131,9 @@ class SubmissionTracker:
             for waiter in self._waiting.pop(message_id, []):
                 waiter.callback(None)
 
+    def is_waiting(self, message_id: str) -> bool:
+        return message_id in self._waiting
+
     def when_recorded(self, message_id: str) -> Deferred[None]:
         waiters = self._waiting.get(message_id)
         if waiters is None:
@@ -142,10 +152,26 @@ class ReceiptHandler:
 
     log = Logger()
 
-    def __init__(self, outbox: SmsOutbox, bind: str, tracker: SubmissionTracker | None = None) -> None:
+    def __init__(
+        self,
+        outbox: SmsOutbox,
+        bind: str,
+        tracker: SubmissionTracker | None = None,
+        clock: IReactorTime | None = None,
+        unknown_retry_delays: tuple[float, ...] = UNKNOWN_RETRY_DELAYS,
+    ) -> None:
         self.outbox = outbox
         self.bind = bind
         self.tracker = tracker or SubmissionTracker()
+        self.clock = clock  # None: an unknown id is not looked up again
+        self.unknown_retry_delays = unknown_retry_delays if clock is not None else ()
+        self._counters: dict[str, Any] = {}  # state -> RECEIPTS child (labels() costs a few µs each time)
+
+    def _count(self, state: str) -> None:
+        counter = self._counters.get(state)
+        if counter is None:
+            counter = self._counters[state] = RECEIPTS.labels(self.bind, state)
+        counter.inc()
 
     def __call__(self, pdu: codec.Pdu) -> Deferred[int]:
         if not is_receipt(pdu):
@@ -163,7 +189,7 @@ class ReceiptHandler:
             UNKNOWN_RECEIPTS.labels(self.bind).inc()
             self.log.warn("SMPP {bind}: receipt without a message id", bind=self.bind)
             return succeed(codec.ESME_ROK)
-        RECEIPTS.labels(self.bind, receipt.state.value if receipt.state else "intermediate").inc()
+        self._count(receipt.state.value if receipt.state else "intermediate")
         if receipt.state is None:
             self.log.debug(
                 "SMPP {bind}: intermediate receipt {stat} for {message_id}",
@@ -173,13 +199,27 @@ class ReceiptHandler:
             )
             return succeed(codec.ESME_ROK)
         state = receipt.state
-        recorded = self.tracker.when_recorded(receipt.message_id)
-        applied = recorded.addCallback(lambda _: self.outbox.apply_receipt(receipt.message_id, state.value))
+
+        def lookup(_: object = None) -> Deferred[bool]:
+            return self.outbox.apply_receipt(receipt.message_id, state.value).addCallback(retry_as_hex)
 
         def retry_as_hex(known: bool) -> Deferred[bool]:
             if known or not receipt.decimal_text_id:
                 return succeed(known)
             return self.outbox.apply_receipt(normalise_id(format(int(receipt.message_id), "X")), state.value)
+
+        def again_later(known: bool, attempt: int) -> bool | Deferred[bool]:
+            if known or attempt >= len(self.unknown_retry_delays):
+                return known
+            assert self.clock is not None
+            later: Deferred[None] = deferLater(self.clock, self.unknown_retry_delays[attempt])
+            return later.addCallback(lookup).addCallback(again_later, attempt + 1)
+
+        if self.tracker.is_waiting(receipt.message_id):
+            applied = self.tracker.when_recorded(receipt.message_id).addCallback(lookup)
+        else:
+            applied = lookup()
+        applied.addCallback(again_later, 0)
 
         def counted(known: bool) -> int:
             if not known:
@@ -192,4 +232,4 @@ class ReceiptHandler:
                 )
             return codec.ESME_ROK
 
-        return applied.addCallback(retry_as_hex).addCallback(counted)
+        return applied.addCallback(counted)

@@ -68,7 +68,7 @@ def makeSmppService(
 
     tracker = SubmissionTracker()
     binds = [
-        SmppBind(bind, config, clock, endpoint_for, ReceiptHandler(outbox, bind.name, tracker), jitter)
+        SmppBind(bind, config, clock, endpoint_for, ReceiptHandler(outbox, bind.name, tracker, clock), jitter)
         for bind in config.binds
     ]
     router = BindRouter(binds)
