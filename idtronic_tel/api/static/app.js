@@ -18,6 +18,33 @@ function describe(error) {
   return error.message || error.error;
 }
 
+// Field errors of a 422 next to their inputs (aria-invalid + a message under the field); returns the
+// text for the form's own error line: what could not be put next to a field, or a pointer to the fields.
+function showErrors(form, error) {
+  for (const old of form.querySelectorAll(".field-error")) old.remove();
+  for (const input of form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
+  if (!error) return "";
+  if (!error.fields || Array.isArray(error.fields)) return describe(error);
+  const rest = {};
+  let shown = 0;
+  for (const [name, problem] of Object.entries(error.fields)) {
+    const input = form.elements[name];
+    if (!input || !input.closest) {
+      rest[name] = problem;
+      continue;
+    }
+    input.setAttribute("aria-invalid", "true");
+    const note = document.createElement("span");
+    note.className = "field-error";
+    note.dataset.field = name;
+    note.textContent = problem;
+    input.closest("label").appendChild(note);
+    shown += 1;
+  }
+  if (Object.keys(rest).length) return describe({ fields: rest });
+  return shown ? "Vérifiez les champs signalés." : describe(error);
+}
+
 async function showNotice() {
   const box = document.getElementById("notice");
   const { data } = await api("GET", "/v1/notice");
@@ -56,9 +83,11 @@ function setupEnrollment() {
     event.preventDefault();
     const { status, data } = await api("POST", "/v1/enrollments", formData(form));
     if (status !== 201) {
-      document.getElementById("enroll-error").textContent = describe(data);
+      document.getElementById("enroll-error").textContent = showErrors(form, data);
       return;
     }
+    showErrors(form, null);
+    document.getElementById("enroll-error").textContent = "";
     form.reset();
     form.hidden = true;
     document.getElementById("identifier").textContent = data.identifier;
@@ -69,6 +98,7 @@ function setupEnrollment() {
       refreshEnrollment(data.identifier);
     };
   });
+  form.hidden = false;  // only now: a submit before this line would be a native GET with the card digits
 }
 
 function setupProfile() {
@@ -111,14 +141,26 @@ function setupProfile() {
   });
   profileForm.addEventListener("submit", async (event) => {
     event.preventDefault();
+    const saved = document.getElementById("profile-saved");
+    saved.textContent = "";
     const { status, data } = await api("PATCH", "/v1/profile", formData(profileForm), session);
-    document.getElementById("profile-error").textContent = status === 200 ? "" : describe(data);
-    if (status === 200) fill(data);
+    document.getElementById("profile-error").textContent = status === 200 ? "" : showErrors(profileForm, data);
+    if (status === 200) {
+      showErrors(profileForm, null);
+      fill(data);
+      saved.textContent = "Modifications enregistrées.";
+    }
   });
+  challenge.hidden = false;
 }
 
 document.addEventListener("DOMContentLoaded", async () => {
-  const suspended = await showNotice();
+  let suspended = false;
+  try {
+    suspended = await showNotice();
+  } catch (error) {
+    // the notice could not be read: the forms still work, and the API answers 503 if suspended
+  }
   if (suspended) {
     for (const form of document.querySelectorAll("form")) form.hidden = true;
     return;
