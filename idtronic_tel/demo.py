@@ -21,8 +21,9 @@ from twisted.logger import Logger
 from .config_schema import Config, SmppBindConfig
 from .core.cards import luhn_check_digit
 from .core.crypto import random_digits
-from .simulators import asterisk_ami, smsc
+from .simulators import smsc
 from .simulators.asterisk_agi import first_run_handset
+from .simulators.asterisk_ami import makeService as make_asterisk_emulator
 from .simulators.handset import HandsetDirectory
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ def with_demo_peers(config: Config, reactor: Any) -> tuple[Config, DemoPeers]:
     sms.setServiceParent(peers)
     first8, last8 = demo_card(config)
     handsets = HandsetDirectory(default=first_run_handset(last8))
-    asterisk_ami.makeService(
+    make_asterisk_emulator(
         f"tcp:{ami_port}:interface=127.0.0.1",
         "idtronic",
         _DEMO_SECRET,
