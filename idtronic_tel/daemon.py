@@ -70,10 +70,13 @@ def build(config: Config, reactor: Any = None, check: bool = True) -> Daemon:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    engine = make_engine(config.database.url, pool_size=config.database.pool_threads)
+    # SQLite takes one writer at a time: more threads only queue in its busy handler, which sleeps and
+    # stretches the tail latency (bench/RESULTS.md, HTTP API). PostgreSQL gets the configured pool.
+    threads = 1 if config.database.url.startswith("sqlite") else config.database.pool_threads
+    engine = make_engine(config.database.url, pool_size=threads)
     if check:
         check_schema(engine)
-    pool = DBPool(reactor, engine, config.database.pool_threads)
+    pool = DBPool(reactor, engine, threads)
     rules = Rules(config, Vault(config.keys.data_key, config.keys.hmac_key))
     core = Core(reactor, pool, rules)
     top = MultiService()
