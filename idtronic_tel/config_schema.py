@@ -21,7 +21,7 @@ class HttpConfig:
 @dataclass(frozen=True)
 class DatabaseConfig:
     url: str = "sqlite:///idtronic-data/idtronic.db"
-    pool_threads: int = 8
+    pool_threads: int = 8  # PostgreSQL; SQLite always uses one thread (see daemon.build)
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from . import callbacks, enrollment, merchants, outbox, payments, profile, suspension
 from .db import DBPool
@@ -58,6 +59,35 @@ class Core:
         self.call_signal = _Signal(reactor)
         self._auth_cache: dict[str, tuple[float, MerchantAuth | None]] = {}
         self._suspension_cache: tuple[float, tuple[bool, str]] | None = None
+        # Reads under way for the two caches: concurrent misses wait for the same one instead of each
+        # queueing its own query behind the request backlog when an entry expires.
+        self._loading: dict[str, list[Deferred[Any]]] = {}
+        self._generation = 0  # bumped by _forget: a read begun before a change is not cached
+
+    def _shared_read(
+        self, key: str, load: Callable[[], Deferred[T]], remember: Callable[[T], None]
+    ) -> Deferred[T]:
+        waiters = self._loading.get(key)
+        if waiters is not None:
+            waiter: Deferred[T] = Deferred()
+            waiters.append(waiter)
+            return waiter
+        self._loading[key] = waiters = []
+        generation = self._generation
+
+        def done(result: T | Failure) -> T | Failure:
+            if self._loading.get(key) is waiters:
+                del self._loading[key]
+            if not isinstance(result, Failure) and generation == self._generation:
+                remember(result)
+            for waiter in waiters:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(result)
+            return result
+
+        return load().addBoth(done)
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return self.pool.run(fn, self.rules, *args)
@@ -73,14 +103,12 @@ class Core:
         """The global switch, cached for a moment: it is read on every merchant and cardholder call."""
         cached = self._suspension_cache
         if cached is not None and time.monotonic() - cached[0] < _CACHE_SECONDS:
-            return Deferred.fromCoroutine(_value(cached[1]))
-        d = self.pool.run(suspension.global_state)
+            return succeed(cached[1])
 
-        def remember(state: tuple[bool, str]) -> tuple[bool, str]:
+        def remember(state: tuple[bool, str]) -> None:
             self._suspension_cache = (time.monotonic(), state)
-            return state
 
-        return d.addCallback(remember)
+        return self._shared_read("suspension", lambda: self.pool.run(suspension.global_state), remember)
 
     def suspend(
         self, notice: str, cardholder: str | None = None, merchant: str | None = None
@@ -96,6 +124,8 @@ class Core:
     def _forget(self, result: Any = None) -> Any:
         self._suspension_cache = None
         self._auth_cache.clear()
+        self._loading.clear()
+        self._generation += 1
         return result
 
     # ---- merchants ----------------------------------------------------------------------------------
@@ -103,15 +133,16 @@ class Core:
         digest = merchants.key_digest(self.rules, key)
         cached = self._auth_cache.get(digest)
         if cached is not None and time.monotonic() - cached[0] < _CACHE_SECONDS:
-            return Deferred.fromCoroutine(_value(cached[1]))
+            return succeed(cached[1])
 
-        def remember(auth: MerchantAuth | None) -> MerchantAuth | None:
+        def remember(auth: MerchantAuth | None) -> None:
             if len(self._auth_cache) > 10_000:
                 self._auth_cache.clear()
             self._auth_cache[digest] = (time.monotonic(), auth)
-            return auth
 
-        return self._run(merchants.authenticate, key).addCallback(remember)
+        return self._shared_read(
+            "merchant:" + digest, lambda: self._run(merchants.authenticate, key), remember
+        )
 
     def add_merchant(self, name: str, domain: str | None) -> Deferred[dict[str, Any]]:
         return self._run(merchants.add, name, domain)
@@ -211,10 +242,6 @@ class Core:
             return found
 
         return self._run(both).addCallback(wake)
-
-
-async def _value(value: Any) -> Any:
-    return value
 
 
 def _counts(s: Session) -> dict[str, Any]:

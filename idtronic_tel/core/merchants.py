@@ -98,7 +98,11 @@ def listing(s: Session) -> list[dict[str, Any]]:
 
 
 def authenticate(s: Session, rules: Rules, key: str) -> MerchantAuth | None:
-    merchant = s.scalar(select(Merchant).where(Merchant.key_digest == key_digest(rules, key)))
-    if merchant is None or not merchant.active:
+    row = s.execute(
+        select(
+            Merchant.id, Merchant.name, Merchant.domain, Merchant.suspended, Merchant.notice, Merchant.active
+        ).where(Merchant.key_digest == key_digest(rules, key))
+    ).first()
+    if row is None or not row.active:
         return None
-    return MerchantAuth(merchant.id, merchant.name, merchant.domain, merchant.suspended, merchant.notice)
+    return MerchantAuth(row.id, row.name, row.domain, row.suspended, row.notice)
