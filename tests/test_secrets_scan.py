@@ -12,14 +12,12 @@ peer's output, not the daemon's. A smaller second test scans the `run --demo` as
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import logging
 import re
 import secrets
-import socket
 import string
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,35 +26,25 @@ import pytest_twisted
 import sqlalchemy as sa
 import treq
 from conftest import test_config
+from daemonharness import DaemonHarness, free_port, until
 from twisted.application.service import MultiService
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from idtronic_tel.config_schema import (
     AgiConfig,
-    AmiConfig,
     ApiConfig,
-    CallbackConfig,
-    Config,
     DemoConfig,
     HttpConfig,
-    SmppBindConfig,
-    SmppConfig,
 )
 from idtronic_tel.core.cards import luhn_check_digit
 from idtronic_tel.core.db import make_engine
-from idtronic_tel.daemon import Daemon, build, make_service
+from idtronic_tel.daemon import make_service
 from idtronic_tel.demo import DemoScenario
-from idtronic_tel.simulators import smsc
 from idtronic_tel.simulators.asterisk_agi import (
-    EmulatorOptions,
-    RecordLine,
     first_run_handset,
     repo_sounds,
-    run_agi_channel,
 )
 from idtronic_tel.simulators.asterisk_ami import AmiEmulatorFactory
 from idtronic_tel.simulators.handset import Handset, HandsetDirectory, Keys
@@ -66,13 +54,6 @@ MOBILE_WRONG = "+33622334455"
 SPEED = 5.0  # the emulated calls run five times faster than real ones
 TOKEN = re.compile(r"code (\d{6})")
 HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
-
-
-def free_port() -> int:
-    """A loopback port free right now (the daemon binds it a moment later)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _digits(n: int) -> str:
@@ -224,18 +205,6 @@ def scan_database(url: str, hidden: Secrets) -> tuple[list[str], int]:
 # ---- the daemon --------------------------------------------------------------------------------------
 
 
-async def until(check: Callable[[], Any], seconds: float, what: str) -> Any:
-    """Poll a plain or async predicate until it returns something truthy."""
-    for _ in range(int(seconds / 0.05)):
-        value = check()
-        if isinstance(value, Deferred) or hasattr(value, "__await__"):
-            value = await value
-        if value:
-            return value
-        await deferLater(reactor, 0.05, lambda: None)
-    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
-
-
 class Http:
     def __init__(self, base: str) -> None:
         self.base = base
@@ -253,77 +222,13 @@ class Http:
         return response.code, json.loads(content) if content else None
 
 
-class Harness:
-    """The daemon from `build`, the SMSC simulator and the Asterisk emulator, all on loopback ports
-    chosen by the system, with distinctive secrets."""
+class Harness(DaemonHarness):
+    """The daemon from `build`, the SMSC simulator and the Asterisk emulator on loopback, with
+    distinctive secrets (see DaemonHarness), spoken to over HTTP."""
 
     def __init__(self, url: str, handsets: HandsetDirectory) -> None:
-        self.ami_secret = "ami-" + secrets.token_urlsafe(18)
-        self.smpp_password = "Zq" + secrets.token_hex(3)  # SMPP 3.4: at most 8 characters
-        self.operator_key = "idt_op_" + secrets.token_urlsafe(32)
-        self.agi_lines: list[RecordLine] = []
-        self.simulator = smsc.SmscSimulator(
-            reactor, "idtronic", self.smpp_password, 0.05, "DELIVRD", echo=None
-        )
-        self.smsc_port = reactor.listenTCP(0, smsc.SmscFactory(self.simulator), interface="127.0.0.1")  # type: ignore[attr-defined]
-        http, agi = free_port(), free_port()
-        runner = functools.partial(
-            run_agi_channel, options=EmulatorOptions(speed=SPEED), record=self.agi_lines
-        )
-        self.asterisk = AmiEmulatorFactory(
-            username="idtronic",
-            secret=self.ami_secret,
-            handsets=handsets,
-            agi_endpoint=f"tcp:127.0.0.1:{agi}",
-            reactor=reactor,
-            agi_runner=runner,
-            seed=7,
-        )
-        self.ami_port = reactor.listenTCP(0, self.asterisk, interface="127.0.0.1")  # type: ignore[attr-defined]
-        base = test_config()
-        self.config: Config = replace(
-            base,
-            database=replace(base.database, url=url),
-            http=replace(HttpConfig(), listen=f"tcp:{http}:interface=127.0.0.1"),
-            agi=replace(AgiConfig(), listen=f"tcp:{agi}:interface=127.0.0.1"),
-            api=replace(
-                ApiConfig(),
-                operator_key=self.operator_key,
-                public_requests_per_minute=1000,
-                identifier_requests_per_hour=1000,
-            ),
-            callback=replace(
-                CallbackConfig(), first_call_delay=0, calling_hours="00:00-24:00", poll_interval=0.2
-            ),
-            ami=replace(
-                AmiConfig(),
-                endpoint=f"tcp:127.0.0.1:{self.ami_port.getHost().port}",
-                secret=self.ami_secret,
-                callback_channel="Local/{national}@callee",
-            ),
-            smpp=replace(
-                SmppConfig(),
-                poll_interval=0.1,
-                binds=(
-                    SmppBindConfig(
-                        endpoint=f"tcp:127.0.0.1:{self.smsc_port.getHost().port}",
-                        password=self.smpp_password,
-                    ),
-                ),
-            ),
-        )
-        self.daemon: Daemon = build(self.config, reactor)
-        self.http = Http(f"http://127.0.0.1:{http}")
-
-    def start(self) -> None:
-        self.daemon.pool.start()
-        self.daemon.service.startService()
-
-    async def stop(self) -> None:
-        await self.daemon.service.stopService()
-        self.daemon.pool.stop()
-        await self.ami_port.stopListening()
-        await self.smsc_port.stopListening()
+        super().__init__(url, test_config(), handsets, speed=SPEED, seed=7)
+        self.http = Http(self.base_url)
 
 
 def _wrong_handset(wrong8: str) -> Handset:

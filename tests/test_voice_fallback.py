@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest_twisted
 from conftest import test_config
-from daemonharness import DaemonHarness
+from daemonharness import DaemonHarness, until
 from domain_helpers import FIRST8, LAST8
 
 from idtronic_tel.config_schema import VoiceFallbackConfig
@@ -48,7 +48,7 @@ async def test_undeliverable_sms_is_read_by_phone(sqlite_url: str) -> None:
         async def active() -> bool:
             return (await core.enrollment_status(identifier))["status"] == "active"
 
-        await h.until(active, 60, "enrollment by callback")
+        await until(active, 60, "enrollment by callback")
         _, payment = await core.create_payment(
             merchant, {"identifier": identifier, "amount": 1250, "currency": "EUR", "reference": "r"}, None
         )
@@ -56,14 +56,14 @@ async def test_undeliverable_sms_is_read_by_phone(sqlite_url: str) -> None:
         async def undeliverable() -> bool:
             return (await core.get_payment(merchant, payment["id"]))["sms"] == "undeliverable"
 
-        await h.until(undeliverable, 30, "the SMSC's UNDELIV receipt")
+        await until(undeliverable, 30, "the SMSC's UNDELIV receipt")
         sms_token = re.search(r"code (\d{6})", h.simulator.messages[-1].text).group(1)  # type: ignore[union-attr]
         assert (await core.housekeeping())["voice_fallbacks"] == 1
 
         def token_said() -> list[str]:
             return [line[2].decode() for line in h.agi_lines if line[2].startswith(b"SAY DIGITS")]
 
-        said = await h.until(lambda: len(token_said()) >= 2 and token_said(), 60, "the token read twice")
+        said = await until(lambda: len(token_said()) >= 2 and token_said(), 60, "the token read twice")
         assert said[:2] == [f'SAY DIGITS {sms_token} ""\n'] * 2
         assert (await core.housekeeping())["voice_fallbacks"] == 0  # one call per token, never two
         validated = await core.confirm_payment(merchant, payment["id"], sms_token)

@@ -340,7 +340,7 @@ def _token_text(rules: Rules, merchant: MerchantAuth, amount: int, currency: str
 
 def _send_token(
     s: Session, rules: Rules, merchant: MerchantAuth, holder: Cardholder, payment: Payment
-) -> Challenge:
+) -> dt.datetime:
     text = _token_text(rules, merchant, payment.amount, payment.currency)
     return tokens.issue(
         s, rules, holder, "payment", text, payment.id, merchant.id, payment.amount, payment.currency
@@ -504,10 +504,9 @@ def resend(s: Session, rules: Rules, merchant: MerchantAuth, payment_id: str) ->
     tokens.check_rate(s, rules, holder)  # before killing the old code: a refused resend changes nothing
     if old is not None:
         tokens.retire(s, old)
-    challenge = _send_token(s, rules, merchant, holder, payment)
+    payment.expires_at = _send_token(s, rules, merchant, holder, payment)
     payment.resends += 1
     payment.last_token_at = rules.now()
-    payment.expires_at = challenge.expires_at
     audit.record(s, rules, f"merchant:{merchant.id}", "payment.resend", f"payment:{payment.id}")
     return view(s, rules, payment)
 

@@ -74,28 +74,24 @@ def issue(
     merchant_id: str | None = None,
     amount: int | None = None,
     currency: str | None = None,
-) -> Challenge:
-    """Draw a token, store its digest, and queue its SMS. The caller's transaction commits both."""
+) -> dt.datetime:
+    """Draw a token, store its digest, and queue its SMS, in the caller's transaction; returns the
+    token's expiry."""
     check_rate(s, rules, holder)
-    now = rules.now()
-    token = random_digits(TOKEN_DIGITS)
-    expires = now + dt.timedelta(seconds=rules.config.tokens.lifetime)
-    challenge = Challenge(
-        cardholder_id=holder.id,
-        purpose=purpose,
-        payment_id=payment_id,
-        merchant_id=merchant_id,
-        amount=amount,
-        currency=currency,
-        token_digest=token_digest(rules, purpose, token),
-        created_at=now,
-        expires_at=expires,
-        token_enc=rules.vault.encrypt("voice-token", token) if rules.config.voice_fallback.enabled else None,
+    challenge, sms = token_rows(
+        rules,
+        holder.id,
+        holder.mobile,
+        purpose,
+        text_for,
+        rules.now(),
+        payment_id,
+        merchant_id,
+        amount,
+        currency,
     )
-    s.add(challenge)
-    s.flush()
-    queue_sms(s, rules, holder, purpose, text_for(token), expires, payment_id, challenge.id)
-    return challenge
+    issue_core(s.connection(), challenge, sms)
+    return cast(dt.datetime, challenge["expires_at"])
 
 
 def token_rows(
@@ -146,8 +142,7 @@ def token_rows(
 
 
 def issue_core(conn: Connection, challenge: dict[str, Any], sms: dict[str, Any]) -> None:
-    """`issue` for the hot path, in Core statements (no ORM unit of work), from `token_rows`: the
-    caller has checked the rate. Inserts the challenge and its queued SMS."""
+    """Insert a challenge and its queued SMS (rows from `token_rows`; the caller has checked the rate)."""
     challenge_id = conn.execute(_INSERT_CHALLENGE, challenge).scalar_one()
     conn.execute(_INSERT_SMS, {**sms, "challenge_id": challenge_id})
 
