@@ -29,8 +29,6 @@ from idtronic_tel.ivr.agi_codec import (
 )
 from tests import transcripts
 
-pytestmark = pytest.mark.skipif(not transcripts.available(), reason="shared transcripts not found")
-
 # One FastAGI session per file (the others interleave several sessions without connection markers).
 SESSIONS = [
     "agi-full-enroll-fr.txt",

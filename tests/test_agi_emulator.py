@@ -26,8 +26,6 @@ from idtronic_tel.simulators.asterisk_agi import EmulatorOptions, first_run_hand
 from idtronic_tel.simulators.handset import Handset
 from tests import transcripts
 
-pytestmark = pytest.mark.skipif(not transcripts.available(), reason="shared transcripts not found")
-
 SPEED = 10.0
 # Emulated seconds: the recording dialplan itself varies by up to 0.35 s (hang-ups), plus 50 ms of real
 # scheduling slack on a busy machine.

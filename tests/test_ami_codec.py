@@ -18,8 +18,6 @@ from idtronic_tel.ivr.ami_codec import (
 )
 from tests import transcripts
 
-pytestmark = pytest.mark.skipif(not transcripts.available(), reason="shared/protocols/transcripts missing")
-
 AMI_FILES = transcripts.names("ami-") + [n for n in transcripts.names("agi-") if n.endswith(".ami.txt")]
 STREAMS = [(name, conn) for name in AMI_FILES for conn in transcripts.connections(name)]
 
@@ -227,7 +225,7 @@ def test_encoder_refuses_bad_names() -> None:
 
 # -- Hypothesis -------------------------------------------------------------------------------------------
 
-BIG = transcripts.stream("ami-drop-kicked-session.txt", "in") if transcripts.available() else b""
+BIG = transcripts.stream("ami-drop-kicked-session.txt", "in")
 
 
 @settings(max_examples=60, deadline=None)

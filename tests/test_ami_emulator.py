@@ -18,8 +18,6 @@ from idtronic_tel.simulators.asterisk_ami import AmiEmulatorFactory, AmiServerPr
 from idtronic_tel.simulators.handset import Answer, Handset, HandsetDirectory
 from tests import transcripts
 
-pytestmark = pytest.mark.skipif(not transcripts.available(), reason="shared/protocols/transcripts missing")
-
 VOLATILE = {
     "timestamp",
     "uptime",

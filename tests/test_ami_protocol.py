@@ -24,8 +24,6 @@ from idtronic_tel.ivr.ami_protocol import (
 )
 from tests import transcripts
 
-pytestmark = pytest.mark.skipif(not transcripts.available(), reason="shared/protocols/transcripts missing")
-
 
 def exchanges(name: str, conn: int = 1) -> list[tuple[str, bytes]]:
     """Consecutive runs of bytes in one direction: [("in", banner), ("out", challenge), ...]."""

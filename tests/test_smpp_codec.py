@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from idtronic_tel.smpp import codec
 
-# PDUs from shared/protocols/transcripts/smpp-node-session.txt, both directions.
+# PDUs from tests/recorded/smpp-node-session.txt, both directions.
 TRANSCRIPT = [
     bytes.fromhex(h)
     for h in (

@@ -1,4 +1,4 @@
-"""Load the recorded Asterisk transcripts (../shared/protocols/transcripts/*.txt) as raw bytes.
+"""Load the recorded Asterisk transcripts (tests/recorded/*.txt) as raw bytes.
 
 Line formats (AMI.md, AGI.md):
     ``   0.003 AST> 'Response: Success\\r\\n'``     repr of the raw line (current format)
@@ -17,7 +17,6 @@ to Asterisk (``>AST``). That holds for AMI (we are the client) and FastAGI (we a
 from __future__ import annotations
 
 import ast
-import os
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -26,13 +25,8 @@ from typing import Literal
 
 Direction = Literal["in", "out"]
 
-# The repo's sibling `shared/` folder (also laid beside the clone in CI); overridable for other layouts.
-TRANSCRIPTS_DIR = Path(
-    os.environ.get(
-        "IDTRONIC_TRANSCRIPTS",
-        Path(__file__).resolve().parent.parent.parent / "shared" / "protocols" / "transcripts",
-    )
-)
+# Recorded byte for byte from Asterisk 22.10.1 and the node-smpp SMSC (tests/recorded/README.md).
+TRANSCRIPTS_DIR = Path(__file__).resolve().parent / "recorded"
 
 _LINE = re.compile(r"^\s*(?P<t>\d+\.\d+) (?P<dir>AST>|>AST)(?:\[(?P<conn>\d+)\])? ?(?P<rest>.*)$", re.DOTALL)
 
@@ -47,10 +41,6 @@ class Line:
 
 def path(name: str) -> Path:
     return TRANSCRIPTS_DIR / name
-
-
-def available() -> bool:
-    return TRANSCRIPTS_DIR.is_dir()
 
 
 def names(prefix: str = "") -> list[str]:
