@@ -50,6 +50,7 @@ from idtronic_tel.core.crypto import Vault  # noqa: E402
 from idtronic_tel.core.db import DBPool, make_engine, migrate  # noqa: E402
 from idtronic_tel.core.models import SmsMessage  # noqa: E402
 from idtronic_tel.core.rules import Rules  # noqa: E402
+from idtronic_tel.core.states import EndReason  # noqa: E402
 
 DAEMON = Path(sys.executable).with_name("idtronic-tel")
 PG_ADMIN_URL = os.environ.get("IDT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -90,7 +91,7 @@ def _activate_batch(s: Any, rules: Rules, numbers: range) -> list[str]:
             s, rules, job.attempt_id, last7 + luhn_check_digit(first8 + last7)
         )
         assert verdict == "accepted", verdict
-        callbacks.end_call(s, rules, job.attempt_id, "finished")
+        callbacks.end_call(s, rules, job.attempt_id, EndReason.COMPLETED)
     return identifiers
 
 

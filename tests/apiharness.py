@@ -17,6 +17,7 @@ from idtronic_tel.core.crypto import Vault
 from idtronic_tel.core.db import DBPool, make_engine
 from idtronic_tel.core.facade import Core, CoreCallbackQueue, CoreIvrGateway, CoreSmsOutbox
 from idtronic_tel.core.rules import Rules
+from idtronic_tel.core.states import EndReason
 
 OPERATOR_KEY = "idt_op_test-operator-key-0123456789abcdefghijklmno"
 
@@ -109,7 +110,7 @@ class ApiHarness:
         assert jobs, "no callback due"
         await self.ivr.start_call(jobs[0].attempt_id)
         verdict = await self.ivr.check_card_digits(jobs[0].attempt_id, digits)
-        await self.ivr.end_call(jobs[0].attempt_id, "finished")
+        await self.ivr.end_call(jobs[0].attempt_id, EndReason.COMPLETED)
         return str(verdict)
 
     async def sent_sms(self) -> list[tuple[str, str]]:

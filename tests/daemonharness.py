@@ -16,7 +16,6 @@ from twisted.internet.task import deferLater
 from idtronic_tel.config_schema import (
     AmiConfig,
     ApiConfig,
-    CallbackConfig,
     Config,
     SmppBindConfig,
     SmppConfig,
@@ -78,7 +77,7 @@ class DaemonHarness:
                 identifier_requests_per_hour=1000,
             ),
             callback=replace(
-                CallbackConfig(), first_call_delay=0, calling_hours="00:00-24:00", poll_interval=0.2
+                base.callback, first_call_delay=0, calling_hours="00:00-24:00", poll_interval=0.2
             ),
             ami=replace(
                 AmiConfig(),

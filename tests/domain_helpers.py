@@ -8,6 +8,7 @@ from idtronic_tel.core import callbacks, enrollment, merchants, outbox
 from idtronic_tel.core.cards import luhn_check_digit
 from idtronic_tel.core.merchants import MerchantAuth
 from idtronic_tel.core.ports import CallOutcome, DigitsVerdict
+from idtronic_tel.core.states import EndReason
 
 FIRST8 = "49761234"
 LAST8 = "5678901" + luhn_check_digit("49761234" + "5678901")
@@ -35,7 +36,7 @@ def answer_call(core, digits: str = LAST8) -> DigitsVerdict:  # type: ignore[no-
     call = core(callbacks.start_call, job.attempt_id)
     assert call is not None
     verdict = core(callbacks.check_card_digits, job.attempt_id, digits)
-    core(callbacks.end_call, job.attempt_id, "finished")
+    core(callbacks.end_call, job.attempt_id, EndReason.COMPLETED)
     return verdict
 
 

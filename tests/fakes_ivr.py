@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from twisted.internet.defer import Deferred, fail, succeed
 
 from idtronic_tel.core.ports import CallKind, DigitsVerdict, IvrCall
+from idtronic_tel.core.states import EndReason
 
 
 class CoreDown(Exception):
@@ -17,12 +18,12 @@ class CoreDown(Exception):
 class FakeAttempt:
     kind: CallKind = CallKind.ENROLL
     last8: str = "12345678"  # the entry the fake accepts
-    entries_left: int = 3
+    entries_left: int = 3  # the core counts the entries of a call
     token: str | None = None
     budget: int = 5  # wrong entries before LOCKED
     started: bool = False
     finished: bool = False
-    end_reasons: list[str] = field(default_factory=list)
+    end_reasons: list[EndReason] = field(default_factory=list)
     entries: list[str] = field(default_factory=list)  # what was keyed (the test's business only)
     verdicts: list[DigitsVerdict] = field(default_factory=list)
 
@@ -55,7 +56,7 @@ class FakeIvrGateway:
         if attempt is None or attempt.finished:
             return self._gate("start_call", None)
         attempt.started = True
-        call = IvrCall(attempt_id, attempt.kind, attempt.entries_left, attempt.token)
+        call = IvrCall(attempt_id, attempt.kind, attempt.token)
         return self._gate("start_call", call)
 
     def check_card_digits(self, attempt_id: str, last8: str) -> Deferred[DigitsVerdict]:
@@ -64,12 +65,13 @@ class FakeIvrGateway:
             return fail(CoreDown("check_card_digits"))
         attempt = self.attempts[attempt_id]
         attempt.entries.append(last8)
+        attempt.entries_left -= 1
+        complete = len(last8) == 8 and last8.isdigit()
         if last8 == attempt.last8:
             verdict = DigitsVerdict.ACCEPTED
             attempt.finished = True
         else:
-            attempt.entries_left -= 1
-            attempt.budget -= 1
+            attempt.budget -= complete  # an incomplete entry is asked again, never counted
             if attempt.budget <= 0:
                 verdict = DigitsVerdict.LOCKED
             elif attempt.entries_left <= 0:
@@ -81,7 +83,7 @@ class FakeIvrGateway:
         attempt.verdicts.append(verdict)
         return self._gate("check_card_digits", verdict)
 
-    def end_call(self, attempt_id: str, reason: str) -> Deferred[None]:
+    def end_call(self, attempt_id: str, reason: EndReason) -> Deferred[None]:
         self.log.append(("end_call", attempt_id))
         attempt = self.attempts.get(attempt_id)
         if attempt is not None:

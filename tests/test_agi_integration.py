@@ -104,7 +104,7 @@ class Server:
         )
 
 
-SETTINGS = FlowSettings(dtmf_timeout_ms=3000, max_entries=3, token_repeats=2)
+SETTINGS = FlowSettings(dtmf_timeout_ms=3000, token_repeats=2)
 
 
 def commands(record: list[RecordLine]) -> list[bytes]:
@@ -119,7 +119,7 @@ async def test_success(logs: LogCapture) -> None:
     async with Server(gateway, SETTINGS) as server:
         status = await server.call("att-1", f"w7|d{GOOD}#", record=record)
     attempt = gateway.attempts["att-1"]
-    assert attempt.verdicts == ["accepted"] and attempt.end_reasons == ["finished"]
+    assert attempt.verdicts == ["accepted"] and attempt.end_reasons == ["completed"]
     assert status == "HANGUP"  # our HANGUP command
     assert commands(record) == [
         b"ANSWER\n",
@@ -144,7 +144,7 @@ async def test_wrong_three_times(logs: LogCapture) -> None:
     attempt = gateway.attempts["att-1"]
     assert attempt.entries == [WRONG] * 3
     assert attempt.verdicts == ["retry", "retry", "failed"]
-    assert attempt.end_reasons == ["finished"]
+    assert attempt.end_reasons == ["completed"]
     sent = commands(record)
     assert sent.count(b'STREAM FILE idtronic-wrong-retry ""\n') == 2
     assert b'STREAM FILE idtronic-failed ""\n' in sent
@@ -222,7 +222,7 @@ async def test_voice_token(logs: LogCapture) -> None:
     async with Server(gateway, SETTINGS, voice_token_enabled=True) as server:
         await server.call("att-1", "w60", agi_script="voice-token", record=record)
     assert commands(record).count(b'SAY DIGITS 483920 ""\n') == 2
-    assert gateway.attempts["att-1"].end_reasons == ["finished"]
+    assert gateway.attempts["att-1"].end_reasons == ["completed"]
     assert "483920" not in logs.text()
 
 
@@ -259,7 +259,7 @@ async def test_attempt_id_from_channel_variable() -> None:
         env = default_env("enroll", ("", ""))
         opts = options(variables={"IDTRONIC_CALLBACK": "abc123"})
         await run_agi_channel(reactor, server.endpoint, env, Handset.scripted(f"w7|d{GOOD}#"), opts)
-    assert gateway.attempts["abc123"].end_reasons == ["finished"]
+    assert gateway.attempts["abc123"].end_reasons == ["completed"]
 
 
 @pytest_twisted.ensureDeferred
@@ -274,7 +274,7 @@ async def test_hundred_simultaneous_sessions(logs: LogCapture) -> None:
     assert [r for ok, r in results if not ok] == []
     assert {r for _, r in results} == {"HANGUP"}
     assert all(
-        a.verdicts == ["accepted"] and a.end_reasons == ["finished"] for a in gateway.attempts.values()
+        a.verdicts == ["accepted"] and a.end_reasons == ["completed"] for a in gateway.attempts.values()
     )
     assert not logs.failures()
 

@@ -10,6 +10,7 @@ import pytest
 from twisted.internet.defer import Deferred
 
 from idtronic_tel.core.ports import CallKind
+from idtronic_tel.core.states import EndReason
 from idtronic_tel.ivr.agi_codec import AgiEnv
 from idtronic_tel.ivr.agi_protocol import (
     AgiCommandTimeout,
@@ -21,7 +22,6 @@ from idtronic_tel.ivr.agi_protocol import (
 from idtronic_tel.ivr.call_flows import (
     ENROLL_TRANSITIONS,
     TOKEN_TRANSITIONS,
-    EndReason,
     EnrollmentFlow,
     EnrollState,
     Event,
@@ -32,7 +32,7 @@ from idtronic_tel.ivr.call_flows import (
 from tests.fakes_ivr import FakeIvrGateway
 
 E, T = EnrollState, TokenState
-SETTINGS = FlowSettings(dtmf_timeout_ms=10000, max_entries=3, token_repeats=2)
+SETTINGS = FlowSettings(dtmf_timeout_ms=10000, token_repeats=2)
 
 
 class FakeChannel:
@@ -105,14 +105,14 @@ def test_tables_cover_every_live_state_for_failures() -> None:
             if state in (ending, done):
                 continue
             for event in (Event.HUNG_UP, Event.AGI_TIMEOUT, Event.AGI_ERROR, Event.CORE_ERROR):
-                assert (state, event) in table
-        assert table[(ending, Event.ENDED)] is done
+                assert table.allows(state, event)
+        assert table.next(ending, Event.ENDED) is done
         # every state can reach DONE
         reachable = {done}
         changed = True
         while changed:
             changed = False
-            for (src, _), dst in table.items():
+            for (src, _), dst in table.table.items():
                 if dst in reachable and src not in reachable:
                     reachable.add(src)
                     changed = True
@@ -137,7 +137,7 @@ def test_success_step_by_step() -> None:
     assert run(flow.step()) is E.ENDING
     assert gateway.attempts["att-1"].end_reasons == []
     assert run(flow.step()) is E.DONE
-    assert gateway.attempts["att-1"].end_reasons == ["finished"]
+    assert gateway.attempts["att-1"].end_reasons == ["completed"]
     assert channel.calls[-1] == ("hangup",)
 
 
@@ -173,7 +173,7 @@ def test_wrong_three_times_then_failed() -> None:
     ]
     prompts = [c[1] for c in channel.calls if c[0] == "stream_file"]
     assert prompts == ["idtronic-welcome", "idtronic-wrong-retry", "idtronic-wrong-retry", "idtronic-failed"]
-    assert gateway.attempts["att-1"].end_reasons == ["finished"]
+    assert gateway.attempts["att-1"].end_reasons == ["completed"]
 
 
 def test_locked_verdict() -> None:
@@ -188,28 +188,19 @@ def test_timeout_with_nothing_keyed_counts_as_an_entry() -> None:
     gateway, channel = FakeIvrGateway(), FakeChannel()
     gateway.add("att-1", entries_left=2)
     channel.entries.extend([None, "1234"])  # nothing, then a partial entry
-    flow = enroll(channel, gateway)
-    walk(flow)
+    walk(enroll(channel, gateway))
     assert gateway.attempts["att-1"].entries == ["", "1234"]  # the empty entry reached the core
     prompts = [c[1] for c in channel.calls if c[0] == "stream_file"]
     assert prompts == ["idtronic-welcome", "idtronic-no-entry", "idtronic-failed"]
-    assert flow.entries == 2
 
 
-def test_never_asks_beyond_the_entries_allowed() -> None:
+def test_the_core_alone_counts_entries() -> None:
     gateway, channel = FakeIvrGateway(), FakeChannel()
     gateway.add("att-1", entries_left=5)
-    flow = EnrollmentFlow(channel, gateway, FlowSettings(max_entries=2))
-    channel.entries.extend(["1", "2", "3"])
-    walk(flow)
-    assert flow.entries == 2  # capped by the configuration although the core said 5
-
-
-def test_no_entries_left_at_start() -> None:
-    gateway, channel = FakeIvrGateway(), FakeChannel()
-    gateway.add("att-1", entries_left=0)
-    states = walk(enroll(channel, gateway))
-    assert E.ASK not in states and E.FAILED in states
+    channel.entries.extend(["1", "2", "3", "4", "5"])
+    walk(enroll(channel, gateway))
+    assert gateway.attempts["att-1"].entries == ["1", "2", "3", "4", "5"]  # asked while the core said RETRY
+    assert gateway.attempts["att-1"].verdicts[-1] == "failed"
 
 
 def test_attempt_id_from_channel_variable() -> None:
@@ -220,7 +211,7 @@ def test_attempt_id_from_channel_variable() -> None:
     flow = enroll(channel, gateway)
     walk(flow)
     assert channel.calls[0] == ("get_variable", "IDTRONIC_CALLBACK")
-    assert flow.attempt_id == "abc123" and gateway.attempts["abc123"].end_reasons == ["finished"]
+    assert flow.attempt_id == "abc123" and gateway.attempts["abc123"].end_reasons == ["completed"]
 
 
 def test_no_attempt_id_refused_without_core() -> None:
@@ -277,7 +268,7 @@ def test_hangup_after_the_verdict_is_still_finished() -> None:
         run(flow.step())
     channel.fail["stream_file"] = ChannelHungUp("STREAM FILE: -1")  # the caller leaves during the prompt
     assert walk(flow)[1:] == [E.ENDING, E.DONE]
-    assert gateway.attempts["att-1"].end_reasons == ["finished"]
+    assert gateway.attempts["att-1"].end_reasons == ["completed"]
 
 
 def test_missing_prompt_does_not_stop_the_call() -> None:
@@ -313,7 +304,7 @@ def test_end_call_failure_is_contained() -> None:
     gateway.add("att-1")
     gateway.failing.add("end_call")
     channel.entries.append("12345678")
-    assert run(enroll(channel, gateway).run()) is EndReason.FINISHED
+    assert run(enroll(channel, gateway).run()) is EndReason.COMPLETED
 
 
 def test_cancelled_core_call_ends_the_call() -> None:
@@ -360,7 +351,7 @@ def test_voice_token_step_by_step() -> None:
         ("stream_file", "idtronic-goodbye"),
         ("hangup",),
     ]
-    assert gateway.attempts["att-1"].end_reasons == ["finished"]
+    assert gateway.attempts["att-1"].end_reasons == ["completed"]
 
 
 def test_voice_token_repeats_setting() -> None:

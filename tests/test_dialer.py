@@ -13,6 +13,7 @@ from idtronic_tel.core.phones import dial_forms
 from idtronic_tel.core.ports import CallKind, CallOutcome
 from idtronic_tel.ivr.dialer import CallbackDialer, originate_headers
 from idtronic_tel.simulators.handset import Answer, Handset, HandsetDirectory
+from tests.daemonharness import until
 from tests.fakes_ami import FakeCallbackQueue, Harness, make_job, turn, within
 
 
@@ -166,7 +167,7 @@ async def test_kicked_before_the_immediate_response_is_still_never_resent() -> N
 
 
 @pytest_twisted.ensureDeferred
-async def test_asterisk_killed_resolved_unknown_at_deadline_never_redialed() -> None:
+async def test_asterisk_killed_left_to_the_core_at_deadline_never_redialed() -> None:
     h = Harness.start(handsets=handsets(Handset(Answer.ANSWER, ring_seconds=5.0)))
     try:
         queue = FakeCallbackQueue()
@@ -176,9 +177,10 @@ async def test_asterisk_killed_resolved_unknown_at_deadline_never_redialed() -> 
         await turn(1)
         h.factory.kill()  # EOF, and no OriginateResponse ever
         await within(h.factory.when("login", 2))
-        await within(queue.when_outcomes(1))
-        assert queue.outcome_of("a1") == [CallOutcome.UNKNOWN]
+        await until(lambda: dialer.in_flight == 0, 10, "the dialer to stop listening at the deadline")
         await turn(5)
+        # The core owns deadlines: its housekeeping resolves the attempt, the dialer decides nothing.
+        assert queue.outcomes == []
         assert len(h.factory.originates) == 1 and dialer.in_flight == 0
         assert h.factory.outcomes == []  # the emulator never reported the call
     finally:
@@ -255,10 +257,11 @@ async def test_unresolved_at_start_up_are_watched_not_redialed() -> None:
         queue = FakeCallbackQueue()
         queue.preload_originated(make_job("old1"), "w1")
         queue.preload_originated(make_job("old2", deadline_in=0.5), "w1")
-        start(h, queue)
-        await within(queue.when_outcomes(2))
+        dialer = start(h, queue)
+        await within(queue.when_outcomes(1))
         assert queue.outcome_of("old1") == [CallOutcome.ANSWERED]
-        assert queue.outcome_of("old2") == [CallOutcome.UNKNOWN]
+        await until(lambda: dialer.in_flight == 0, 10, "old2 to pass its deadline")
+        assert queue.outcome_of("old2") == []  # left to the core's housekeeping
         assert len(h.factory.originates) == 1  # only the previous run's
     finally:
         await h.close()

@@ -26,7 +26,7 @@ from idtronic_tel.core.errors import (
     PaymentRefused,
     RateLimited,
 )
-from idtronic_tel.core.models import AuditEntry, Cardholder, SmsMessage
+from idtronic_tel.core.models import AuditEntry, CallbackAttempt, Cardholder, SmsMessage
 from idtronic_tel.core.ports import CallOutcome, DigitsVerdict
 
 BODY = {"amount": 4990, "currency": "EUR", "reference": "order-1"}
@@ -93,10 +93,26 @@ def test_three_wrong_entries_fail_and_budget_is_shared_across_calls(core, clock)
     clock.advance(11)
     job = core(callbacks.claim_due, "w1", 10)[0]
     core(callbacks.start_call, job.attempt_id)
-    assert core(callbacks.check_card_digits, job.attempt_id, "1234") == "retry"
-    assert core(callbacks.check_card_digits, job.attempt_id, "") == "locked"  # 5th failure
+    assert core(callbacks.check_card_digits, job.attempt_id, "00000000") == "retry"
+    assert core(callbacks.check_card_digits, job.attempt_id, "00000000") == "locked"  # 5th failure
     with pytest.raises(Conflict):
         core(enrollment.request_callback, identifier)
+
+
+def test_incomplete_entries_are_asked_again_without_touching_the_budget(core, clock):  # type: ignore[no-untyped-def]
+    identifier = enroll(core)
+    clock.advance(11)
+    job = core(callbacks.claim_due, "w1", 10)[0]
+    core(callbacks.start_call, job.attempt_id)
+    verdicts = [
+        core(callbacks.check_card_digits, job.attempt_id, keyed) for keyed in ("", "1234", "1234*678")
+    ]
+    assert verdicts == ["retry", "retry", "failed"]  # still at most 3 entries per call
+    holder = core.raw(lambda s: s.scalar(sa.select(Cardholder).where(Cardholder.identifier == identifier)))
+    assert holder.failures == 0 and not holder.locked
+    assert core(enrollment.status, identifier)["status"] == "failed"  # a new callback may be asked for
+    attempt = core.raw(lambda s: s.get(CallbackAttempt, job.attempt_id))
+    assert (attempt.outcome, attempt.detail, attempt.entries_used) == ("failed", "no complete entry", 3)
 
 
 def test_busy_calls_are_retried_five_minutes_apart_then_fail(core, clock):  # type: ignore[no-untyped-def]

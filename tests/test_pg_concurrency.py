@@ -38,6 +38,7 @@ from idtronic_tel.core.crypto import Vault
 from idtronic_tel.core.db import DBPool, make_engine
 from idtronic_tel.core.models import Payment, SmsMessage
 from idtronic_tel.core.rules import Rules
+from idtronic_tel.core.states import EndReason
 
 pytestmark = pytest.mark.postgres
 
@@ -172,7 +173,7 @@ def _activate(s: Any, rules: Rules, number: int) -> str:
     assert len(jobs) == 1, "the callback of the new cardholder is not due"
     assert callbacks.start_call(s, rules, jobs[0].attempt_id) is not None
     assert callbacks.check_card_digits(s, rules, jobs[0].attempt_id, last8) == "accepted"
-    callbacks.end_call(s, rules, jobs[0].attempt_id, "finished")
+    callbacks.end_call(s, rules, jobs[0].attempt_id, EndReason.COMPLETED)
     return str(identifier)
 
 

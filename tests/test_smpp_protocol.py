@@ -11,10 +11,11 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from idtronic_tel.core.states import IllegalTransition
 from idtronic_tel.smpp import codec
 from idtronic_tel.smpp.errors import BindRefused, NoResponse, NotBound, RequestFailed
 from idtronic_tel.smpp.protocol import SessionSettings, SmppClientProtocol
-from idtronic_tel.smpp.session import InvalidTransition, Session, SessionEvent, SessionState
+from idtronic_tel.smpp.session import Session, SessionEvent, SessionState
 
 SETTINGS = SessionSettings(
     system_id="test", password="secret", enquire_link_interval=30, link_dead_timeout=90, response_timeout=10
@@ -78,7 +79,7 @@ def test_state_table() -> None:
     session = Session()
     assert session.handle(SessionEvent.BIND_ACCEPTED) is SessionState.BOUND
     assert session.handle(SessionEvent.UNBIND) is SessionState.UNBINDING
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(IllegalTransition):
         session.handle(SessionEvent.BIND_ACCEPTED)
     assert session.handle(SessionEvent.CONNECTION_LOST) is SessionState.CLOSED
 

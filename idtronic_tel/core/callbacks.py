@@ -12,13 +12,23 @@ from . import audit, budget
 from .cards import luhn_valid
 from .crypto import DecryptionError, public_id
 from .models import CallbackAttempt, CallbackRequest, Cardholder, Challenge, Payment, SmsMessage
-from .ports import CallbackJob, CallKind, CallOutcome, DigitsVerdict, IvrCall
+from .ports import CallbackJob, CallKind, CallOutcome, DigitsVerdict, IvrCall, SmsState
 from .rules import Rules
+from .states import (
+    LIVE_ATTEMPTS,
+    AttemptOutcome,
+    AttemptState,
+    CallbackState,
+    CardholderStatus,
+    EndReason,
+    PaymentStatus,
+)
 from .suspension import global_state
 
-# Attempt states: dialing -> originated -> answered (OriginateResponse) / in_ivr (FastAGI session) -> ended.
-# The OriginateResponse and the FastAGI session may arrive in either order.
-LIVE = ("dialing", "originated", "answered", "in_ivr")
+# The core alone owns attempt deadlines: housekeeping's resolve_stale ends every live attempt past its
+# deadline, whichever daemon placed it, even one that died, and an answered call whose FastAGI session never
+# came. (The dialer only stops listening for an attempt past its deadline; it never decides its outcome.)
+# Every step of an IVR call into the core moves the deadline on, so a long call is never cut short.
 
 
 def _deadline(rules: Rules, now: dt.datetime) -> dt.datetime:
@@ -34,7 +44,7 @@ def claim_due(s: Session, rules: Rules, worker: str, limit: int) -> list[Callbac
         return []
     requests = s.scalars(
         select(CallbackRequest)
-        .where(CallbackRequest.state == "waiting", CallbackRequest.next_call_at <= now)
+        .where(CallbackRequest.state == CallbackState.WAITING, CallbackRequest.next_call_at <= now)
         .order_by(CallbackRequest.next_call_at, CallbackRequest.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -46,22 +56,22 @@ def claim_due(s: Session, rules: Rules, worker: str, limit: int) -> list[Callbac
         if holder.suspended:
             continue  # stays queued until the cardholder is resumed
         if holder.locked or (request.not_after is not None and request.not_after <= now):
-            _close(s, rules, request, "cancelled", "locked" if holder.locked else "expired")
+            _close(s, rules, request, CallbackState.CANCELLED, "locked" if holder.locked else "expired")
             continue
-        request.state = "in_call"
+        request.state = CallbackState.IN_CALL
         request.calls_made += 1
         attempt = CallbackAttempt(
             id=public_id("cb_"),
             request_id=request.id,
             attempt_no=request.calls_made,
-            state="dialing",
+            state=AttemptState.DIALING,
             worker=worker,
             created_at=now,
             deadline=_deadline(rules, now),
         )
         s.add(attempt)
         if request.kind == CallKind.ENROLL:
-            holder.status = "calling"
+            holder.status = CardholderStatus.CALLING
         jobs.append(
             CallbackJob(
                 attempt.id, CallKind(request.kind), request.mobile, attempt.attempt_no, attempt.deadline
@@ -83,15 +93,18 @@ def _attempt(s: Session, attempt_id: str) -> tuple[CallbackAttempt, CallbackRequ
 
 def mark_originated(s: Session, rules: Rules, attempt_id: str, action_id: str) -> None:
     found = _attempt(s, attempt_id)
-    if found and found[0].state == "dialing":
-        found[0].state, found[0].action_id = "originated", action_id
+    if found and found[0].state == AttemptState.DIALING:
+        found[0].state, found[0].action_id = AttemptState.ORIGINATED, action_id
 
 
 def unresolved(s: Session, rules: Rules, worker: str) -> list[CallbackJob]:
     rows = s.execute(
         select(CallbackAttempt, CallbackRequest)
         .join(CallbackRequest, CallbackRequest.id == CallbackAttempt.request_id)
-        .where(CallbackAttempt.worker == worker, CallbackAttempt.state.in_(("dialing", "originated")))
+        .where(
+            CallbackAttempt.worker == worker,
+            CallbackAttempt.state.in_((AttemptState.DIALING, AttemptState.ORIGINATED)),
+        )
     ).all()
     return [CallbackJob(a.id, CallKind(r.kind), r.mobile, a.attempt_no, a.deadline) for a, r in rows]
 
@@ -101,13 +114,20 @@ def apply_outcome(s: Session, rules: Rules, attempt_id: str, outcome: CallOutcom
     if found is None:
         return
     attempt, request, holder = found
-    if attempt.state == "ended":
-        return  # idempotent: a late event or the reconciler after the IVR already decided
-    if outcome == CallOutcome.ANSWERED or attempt.state in ("answered", "in_ivr"):
-        if attempt.state in ("dialing", "originated"):
-            attempt.state, attempt.answered_at = "answered", rules.now()
+    if attempt.state == AttemptState.ENDED:
+        return  # idempotent: a late event after the IVR or the deadline already decided
+    if outcome == CallOutcome.ANSWERED or attempt.state in (AttemptState.ANSWERED, AttemptState.IN_IVR):
+        if attempt.state in (AttemptState.DIALING, AttemptState.ORIGINATED):
+            attempt.state, attempt.answered_at = AttemptState.ANSWERED, rules.now()
         return  # the IVR session decides (or the deadline, when it never arrives)
-    _end_attempt(s, rules, attempt, request, holder, outcome.value, detail)
+    _end_attempt(s, rules, attempt, request, holder, AttemptOutcome(outcome.value), detail)
+
+
+def _finish_attempt(
+    rules: Rules, attempt: CallbackAttempt, outcome: AttemptOutcome, detail: str = ""
+) -> None:
+    attempt.state, attempt.outcome, attempt.ended_at = AttemptState.ENDED, outcome, rules.now()
+    attempt.detail = detail[:500]
 
 
 def _end_attempt(
@@ -116,35 +136,35 @@ def _end_attempt(
     attempt: CallbackAttempt,
     request: CallbackRequest,
     holder: Cardholder,
-    outcome: str,
+    outcome: AttemptOutcome,
     detail: str,
 ) -> None:
     """A call that ended without a verdict: retry later, or give up after max_calls (PRODUCT §1.5)."""
-    now = rules.now()
-    attempt.state, attempt.outcome, attempt.detail, attempt.ended_at = "ended", outcome, detail[:500], now
-    if request.state != "in_call":
+    _finish_attempt(rules, attempt, outcome, detail)
+    if request.state != CallbackState.IN_CALL:
         return
     audit.record(s, rules, "ivr", "callback.attempt", f"cardholder:{holder.identifier}", outcome=outcome)
     cfg = rules.config.callback
     if request.calls_made < cfg.max_calls and not holder.locked:
-        request.state = "waiting"
-        request.next_call_at = rules.next_call_time(now + dt.timedelta(seconds=cfg.retry_interval))
+        request.state = CallbackState.WAITING
+        request.next_call_at = rules.next_call_time(rules.now() + dt.timedelta(seconds=cfg.retry_interval))
         if request.kind == CallKind.ENROLL:
-            holder.status = "awaiting_callback"
+            holder.status = CardholderStatus.AWAITING_CALLBACK
         return
-    _close(s, rules, request, "failed", f"no verdict after {request.calls_made} calls")
+    _close(s, rules, request, CallbackState.FAILED, f"no verdict after {request.calls_made} calls")
     if request.kind != CallKind.VOICE_TOKEN:
         budget.record_failure(s, rules, holder, "phone")
 
 
-def _close(s: Session, rules: Rules, request: CallbackRequest, state: str, why: str) -> None:
+def _close(s: Session, rules: Rules, request: CallbackRequest, state: CallbackState, why: str) -> None:
     request.state, request.finished_at, request.next_call_at = state, rules.now(), None
     holder = s.get(Cardholder, request.cardholder_id)
     assert holder is not None
-    if state == "succeeded":
+    if state == CallbackState.SUCCEEDED:
         return
-    if request.kind == CallKind.ENROLL and holder.status in ("awaiting_callback", "calling"):
-        holder.status = "failed"  # first8_enc is kept: a new callback may be requested from the web
+    enrolling = (CardholderStatus.AWAITING_CALLBACK, CardholderStatus.CALLING)
+    if request.kind == CallKind.ENROLL and holder.status in enrolling:
+        holder.status = CardholderStatus.FAILED  # first8_enc is kept: a new callback may be requested
     elif request.kind == CallKind.MOBILE_CHANGE and holder.mobile_pending == request.mobile:
         holder.mobile_pending = None
     audit.record(
@@ -161,7 +181,8 @@ def start_call(s: Session, rules: Rules, attempt_id: str) -> IvrCall | None:
     if found is None:
         return None
     attempt, request, holder = found
-    if attempt.state not in ("dialing", "originated", "answered") or request.state != "in_call":
+    waiting_for_ivr = (AttemptState.DIALING, AttemptState.ORIGINATED, AttemptState.ANSWERED)
+    if attempt.state not in waiting_for_ivr or request.state != CallbackState.IN_CALL:
         return None  # finished, or a second session for one attempt
     if holder.locked or holder.suspended:
         return None
@@ -173,34 +194,48 @@ def start_call(s: Session, rules: Rules, attempt_id: str) -> IvrCall | None:
         if challenge.expires_at <= rules.now():
             return None
         token = rules.vault.decrypt("voice-token", challenge.token_enc)
-    attempt.state, attempt.answered_at = "in_ivr", attempt.answered_at or rules.now()
-    left = rules.config.callback.max_entries - attempt.entries_used
-    return IvrCall(attempt.id, CallKind(request.kind), left, token)
+    now = rules.now()
+    attempt.state, attempt.answered_at = AttemptState.IN_IVR, attempt.answered_at or now
+    attempt.deadline = _deadline(rules, now)
+    return IvrCall(attempt.id, CallKind(request.kind), token)
+
+
+def _complete_entry(last8: str) -> bool:
+    return len(last8) == 8 and last8.isascii() and last8.isdigit()
 
 
 def check_card_digits(s: Session, rules: Rules, attempt_id: str, last8: str) -> DigitsVerdict:
+    """One DTMF entry. The core alone counts entries (callback.max_entries per call): the IVR asks again
+    on RETRY and stops on any other verdict. An entry that is not 8 digits (timeout, too short, `*`) is
+    asked again without touching the failure budget; only a complete entry that fails the checks counts."""
     found = _attempt(s, attempt_id)
-    if found is None or found[0].state != "in_ivr" or found[1].state != "in_call":
+    if found is None or found[0].state != AttemptState.IN_IVR or found[1].state != CallbackState.IN_CALL:
         return DigitsVerdict.FAILED
     attempt, request, holder = found
     if request.kind not in (CallKind.ENROLL, CallKind.MOBILE_CHANGE):
         return DigitsVerdict.FAILED
     attempt.entries_used += 1
-    accepted, why = _card_matches(s, rules, request, holder, last8)
-    if accepted:
-        attempt.state, attempt.outcome, attempt.ended_at = "ended", "accepted", rules.now()
-        _accept(s, rules, request, holder)
-        return DigitsVerdict.ACCEPTED
-    locked = budget.record_failure(s, rules, holder, "phone")
-    audit.record(s, rules, "ivr", "callback.wrong-entry", f"cardholder:{holder.identifier}", why=why)
-    if locked:
-        attempt.state, attempt.outcome, attempt.ended_at = "ended", "locked", rules.now()
-        _close(s, rules, request, "failed", "locked")
-        return DigitsVerdict.LOCKED
-    if attempt.entries_used >= rules.config.callback.max_entries or why == "card already enrolled":
-        attempt.state, attempt.outcome, attempt.ended_at = "ended", "failed", rules.now()
-        _close(s, rules, request, "failed", why)
+    last_entry = attempt.entries_used >= rules.config.callback.max_entries
+    if not _complete_entry(last8):
+        why = "no complete entry"
+    else:
+        accepted, why = _card_matches(s, rules, request, holder, last8)
+        if accepted:
+            _finish_attempt(rules, attempt, AttemptOutcome.ACCEPTED)
+            _accept(s, rules, request, holder)
+            return DigitsVerdict.ACCEPTED
+        locked = budget.record_failure(s, rules, holder, "phone")
+        audit.record(s, rules, "ivr", "callback.wrong-entry", f"cardholder:{holder.identifier}", why=why)
+        if locked:
+            _finish_attempt(rules, attempt, AttemptOutcome.LOCKED)
+            _close(s, rules, request, CallbackState.FAILED, "locked")
+            return DigitsVerdict.LOCKED
+        last_entry = last_entry or why == "card already enrolled"
+    if last_entry:
+        _finish_attempt(rules, attempt, AttemptOutcome.FAILED, why)
+        _close(s, rules, request, CallbackState.FAILED, why)
         return DigitsVerdict.FAILED
+    attempt.deadline = _deadline(rules, rules.now())
     return DigitsVerdict.RETRY
 
 
@@ -208,8 +243,6 @@ def _card_matches(
     s: Session, rules: Rules, request: CallbackRequest, holder: Cardholder, last8: str
 ) -> tuple[bool, str]:
     """The full number exists only here, in memory, for the checks. Reasons carry no digits."""
-    if not (len(last8) == 8 and last8.isascii() and last8.isdigit()):
-        return False, "entry is not 8 digits"
     if request.kind == CallKind.MOBILE_CHANGE:
         if holder.card_fingerprint is None:
             return False, "no card on file"
@@ -238,9 +271,9 @@ def _card_matches(
 def _accept(s: Session, rules: Rules, request: CallbackRequest, holder: Cardholder) -> None:
     now = rules.now()
     budget.record_success(rules, holder)
-    _close(s, rules, request, "succeeded", "")
+    _close(s, rules, request, CallbackState.SUCCEEDED, "")
     if request.kind == CallKind.ENROLL:
-        holder.status, holder.activated_at, holder.first8_enc = "active", now, None
+        holder.status, holder.activated_at, holder.first8_enc = CardholderStatus.ACTIVE, now, None
         audit.record(s, rules, "ivr", "enrollment.active", f"cardholder:{holder.identifier}")
     else:
         holder.mobile, holder.mobile_pending = request.mobile, None
@@ -248,18 +281,25 @@ def _accept(s: Session, rules: Rules, request: CallbackRequest, holder: Cardhold
     holder.updated_at = now
 
 
-def end_call(s: Session, rules: Rules, attempt_id: str, reason: str) -> None:
+def end_call(s: Session, rules: Rules, attempt_id: str, reason: EndReason) -> None:
+    reason = EndReason(reason)  # a stray string fails here, loudly, rather than in a comparison
     found = _attempt(s, attempt_id)
     if found is None:
         return
     attempt, request, holder = found
-    if attempt.state == "ended":
+    if attempt.state == AttemptState.ENDED:
         return
-    if request.kind == CallKind.VOICE_TOKEN and reason == "completed":
-        attempt.state, attempt.outcome, attempt.ended_at = "ended", "completed", rules.now()
-        _close(s, rules, request, "succeeded", "")
+    if reason is EndReason.PROMPT_MISSING:
+        # Our installation is broken (a sound file missing on the Asterisk server): a retry would fail the
+        # same way, so the request fails at once, without touching the cardholder's failure budget.
+        _finish_attempt(rules, attempt, AttemptOutcome.PROMPT_MISSING, "a prompt file is missing")
+        _close(s, rules, request, CallbackState.FAILED, "prompt file missing on the Asterisk server")
         return
-    _end_attempt(s, rules, attempt, request, holder, "no_verdict", reason)
+    if request.kind == CallKind.VOICE_TOKEN and reason is EndReason.COMPLETED:
+        _finish_attempt(rules, attempt, AttemptOutcome.COMPLETED)
+        _close(s, rules, request, CallbackState.SUCCEEDED, "")
+        return
+    _end_attempt(s, rules, attempt, request, holder, AttemptOutcome.NO_VERDICT, reason)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -270,15 +310,19 @@ def resolve_stale(s: Session, rules: Rules) -> int:
     """Attempts past their deadline with no outcome (their daemon died, or AMI lost the event)."""
     now = rules.now()
     stale = s.scalars(
-        select(CallbackAttempt.id).where(CallbackAttempt.state.in_(LIVE), CallbackAttempt.deadline < now)
+        select(CallbackAttempt.id).where(
+            CallbackAttempt.state.in_(LIVE_ATTEMPTS), CallbackAttempt.deadline < now
+        )
     ).all()
+    resolved = 0
     for attempt_id in stale:
         found = _attempt(s, attempt_id)
-        if found is None:
-            continue
+        if found is None or found[0].state not in LIVE_ATTEMPTS or found[0].deadline >= now:
+            continue  # decided (or moved on by the IVR) since the query
         attempt, request, holder = found
-        _end_attempt(s, rules, attempt, request, holder, CallOutcome.UNKNOWN.value, "deadline passed")
-    return len(stale)
+        _end_attempt(s, rules, attempt, request, holder, AttemptOutcome.UNKNOWN, "deadline passed")
+        resolved += 1
+    return resolved
 
 
 def schedule_voice_fallbacks(s: Session, rules: Rules) -> int:
@@ -294,13 +338,13 @@ def schedule_voice_fallbacks(s: Session, rules: Rules) -> int:
         .join(Challenge, Challenge.id == SmsMessage.challenge_id)
         .join(Payment, Payment.id == SmsMessage.payment_id)
         .where(
-            Payment.status == "pending",
+            Payment.status == PaymentStatus.PENDING,
             Challenge.token_enc.is_not(None),
             Challenge.expires_at > now,
             Challenge.revoked.is_(False),
             (
-                (SmsMessage.state == "undeliverable")
-                | ((SmsMessage.state == "submitted") & (SmsMessage.submitted_at < late))
+                (SmsMessage.state == SmsState.UNDELIVERABLE)
+                | ((SmsMessage.state == SmsState.SUBMITTED) & (SmsMessage.submitted_at < late))
             ),
             ~select(CallbackRequest.id).where(CallbackRequest.challenge_id == Challenge.id).exists(),
         )
@@ -314,7 +358,7 @@ def schedule_voice_fallbacks(s: Session, rules: Rules) -> int:
                 cardholder_id=holder.id,
                 kind=CallKind.VOICE_TOKEN.value,
                 mobile=sms.destination,
-                state="waiting",
+                state=CallbackState.WAITING,
                 next_call_at=now,
                 not_after=challenge.expires_at,
                 challenge_id=challenge.id,

@@ -15,7 +15,9 @@ from .cards import new_identifier
 from .errors import Conflict, InvalidInput, NotFound
 from .models import CallbackRequest, Cardholder
 from .phones import InvalidMobile, normalise_mobile
+from .ports import CallKind
 from .rules import Rules
+from .states import CallbackState, CardholderStatus
 
 CHANNELS = ("web", "phone", "fax")
 
@@ -81,7 +83,7 @@ def enroll(s: Session, rules: Rules, fields: dict[str, Any], channel: str, actor
     holder = Cardholder(
         identifier=identifier,
         channel=channel,
-        status="awaiting_callback",
+        status=CardholderStatus.AWAITING_CALLBACK,
         first8_enc=rules.vault.encrypt("card-first8", first8),
         created_at=now,
         updated_at=now,
@@ -92,19 +94,19 @@ def enroll(s: Session, rules: Rules, fields: dict[str, Any], channel: str, actor
         s.flush()
     except IntegrityError as exc:
         raise Conflict("identification number collision, try again") from exc
-    schedule_call(s, rules, holder, "enroll", holder.mobile, rules.config.callback.first_call_delay)
+    schedule_call(s, rules, holder, CallKind.ENROLL, holder.mobile, rules.config.callback.first_call_delay)
     audit.record(s, rules, actor, "enrollment.create", f"cardholder:{identifier}", channel=channel)
     return {"identifier": identifier, "status": holder.status}
 
 
 def schedule_call(
-    s: Session, rules: Rules, holder: Cardholder, kind: str, mobile: str, delay: float
+    s: Session, rules: Rules, holder: Cardholder, kind: CallKind, mobile: str, delay: float
 ) -> CallbackRequest:
     request = CallbackRequest(
         cardholder_id=holder.id,
         kind=kind,
         mobile=mobile,
-        state="waiting",
+        state=CallbackState.WAITING,
         next_call_at=rules.next_call_time(rules.now() + dt.timedelta(seconds=delay)),
         created_at=rules.now(),
     )
@@ -123,12 +125,13 @@ def status(s: Session, rules: Rules, identifier: str) -> dict[str, Any]:
     holder = _holder(s, identifier)
     request = s.scalar(
         select(CallbackRequest)
-        .where(CallbackRequest.cardholder_id == holder.id, CallbackRequest.kind == "enroll")
+        .where(CallbackRequest.cardholder_id == holder.id, CallbackRequest.kind == CallKind.ENROLL)
         .order_by(CallbackRequest.id.desc())
         .limit(1)
     )
     next_call = None
-    if holder.status in ("awaiting_callback", "calling") and request and request.state == "waiting":
+    enrolling = (CardholderStatus.AWAITING_CALLBACK, CardholderStatus.CALLING)
+    if holder.status in enrolling and request and request.state == CallbackState.WAITING:
         next_call = request.next_call_at.isoformat() if request.next_call_at else None
     return {"identifier": identifier, "status": holder.status, "next_call_at": next_call}
 
@@ -136,13 +139,13 @@ def status(s: Session, rules: Rules, identifier: str) -> dict[str, Any]:
 def request_callback(s: Session, rules: Rules, identifier: str) -> dict[str, Any]:
     """A new callback after a failed enrollment; refused while locked (the failures already counted)."""
     holder = _holder(s, identifier)
-    if holder.status != "failed":
+    if holder.status != CardholderStatus.FAILED:
         raise Conflict("a new callback can only be requested after a failed enrollment", status=holder.status)
     if holder.locked:
         raise Conflict("this enrollment is locked; contact your bank", status="locked")
-    holder.status = "awaiting_callback"
+    holder.status = CardholderStatus.AWAITING_CALLBACK
     holder.updated_at = rules.now()
-    schedule_call(s, rules, holder, "enroll", holder.mobile, rules.config.callback.first_call_delay)
+    schedule_call(s, rules, holder, CallKind.ENROLL, holder.mobile, rules.config.callback.first_call_delay)
     audit.record(s, rules, "cardholder", "enrollment.callback", f"cardholder:{identifier}")
     return status(s, rules, identifier)
 
@@ -158,4 +161,3 @@ def lock(s: Session, rules: Rules, identifier: str, locked: bool, reason: str) -
         s, rules, "operator", "cardholder.lock" if locked else "cardholder.unlock", f"cardholder:{identifier}"
     )
     return {"identifier": identifier, "locked": locked}
-

@@ -23,6 +23,7 @@ from .merchants import MerchantAuth
 from .models import CallbackRequest, Cardholder, Payment, SmsMessage
 from .ports import CallbackJob, CallOutcome, DigitsVerdict, IvrCall, OutgoingSms, SmsState
 from .rules import Rules
+from .states import CallbackState, EndReason
 
 log = Logger()
 T = TypeVar("T")
@@ -256,7 +257,9 @@ def _counts(s: Session) -> dict[str, Any]:
         "callbacks": grouped(CallbackRequest.state),
         "queues": {
             "sms_queued": s.scalar(select(func.count()).where(SmsMessage.state == SmsState.QUEUED)),
-            "callbacks_waiting": s.scalar(select(func.count()).where(CallbackRequest.state == "waiting")),
+            "callbacks_waiting": s.scalar(
+                select(func.count()).where(CallbackRequest.state == CallbackState.WAITING)
+            ),
         },
     }
 
@@ -329,5 +332,5 @@ class CoreIvrGateway:
     def check_card_digits(self, attempt_id: str, last8: str) -> Deferred[DigitsVerdict]:
         return self._core._run(callbacks.check_card_digits, attempt_id, last8)
 
-    def end_call(self, attempt_id: str, reason: str) -> Deferred[None]:
+    def end_call(self, attempt_id: str, reason: EndReason) -> Deferred[None]:
         return self._core._then_call(self._core._run(callbacks.end_call, attempt_id, reason))

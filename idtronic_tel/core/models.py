@@ -23,7 +23,9 @@ from sqlalchemy import (
     TypeDecorator,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, validates
+
+from .states import ATTEMPT, CALLBACK, CARDHOLDER, PAYMENT
 
 
 class UtcDateTime(TypeDecorator[dt.datetime]):
@@ -92,8 +94,7 @@ class Cardholder(Base):
     mobile: Mapped[str] = mapped_column(String(20))
     mobile_pending: Mapped[str | None] = mapped_column(String(20))
     channel: Mapped[str] = mapped_column(String(10))
-    # awaiting_callback | calling | active | failed
-    status: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20))  # states.CardholderStatus
     first8_enc: Mapped[bytes | None] = mapped_column(LargeBinary)  # until the callback succeeds
     card_enc: Mapped[bytes | None] = mapped_column(LargeBinary)  # the 16 digits, for the bank's back-end
     card_fingerprint: Mapped[str | None] = mapped_column(String(64), unique=True)
@@ -106,6 +107,10 @@ class Cardholder(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     activated_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
 
+    @validates("status")
+    def _check_status(self, key: str, value: str) -> str:
+        return CARDHOLDER.move(self.status, value).value
+
 
 class Payment(Base):
     __tablename__ = "payments"
@@ -116,8 +121,7 @@ class Payment(Base):
     currency: Mapped[str] = mapped_column(String(3))
     reference: Mapped[str] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(Text, default="")
-    # pending | validated | failed | expired | cancelled
-    status: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20))  # states.PaymentStatus
     wrong_tokens: Mapped[int] = mapped_column(Integer, default=0)
     resends: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
@@ -125,6 +129,10 @@ class Payment(Base):
     last_token_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     validated_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+
+    @validates("status")
+    def _check_status(self, key: str, value: str) -> str:
+        return PAYMENT.move(self.status, value).value
 
 
 class Challenge(Base):
@@ -196,8 +204,7 @@ class CallbackRequest(Base):
     cardholder_id: Mapped[int] = mapped_column(ForeignKey("cardholders.id"), index=True)
     kind: Mapped[str] = mapped_column(String(20))  # enroll | mobile_change | voice_token
     mobile: Mapped[str] = mapped_column(String(20))
-    # waiting | in_call | succeeded | failed | cancelled
-    state: Mapped[str] = mapped_column(String(20))
+    state: Mapped[str] = mapped_column(String(20))  # states.CallbackState
     calls_made: Mapped[int] = mapped_column(Integer, default=0)
     next_call_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     not_after: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)  # voice token: its expiry
@@ -207,6 +214,10 @@ class CallbackRequest(Base):
 
     __table_args__ = (Index("ix_callback_requests_state_next", "state", "next_call_at"),)
 
+    @validates("state")
+    def _check_state(self, key: str, value: str) -> str:
+        return CALLBACK.move(self.state, value).value
+
 
 class CallbackAttempt(Base):
     """One call: its id travels as IDTRONIC_CALLBACK and AGI argument, so an answer finds it again."""
@@ -215,9 +226,8 @@ class CallbackAttempt(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     request_id: Mapped[int] = mapped_column(ForeignKey("callback_requests.id"), index=True)
     attempt_no: Mapped[int] = mapped_column(Integer)
-    # dialing | originated | answered | ended
-    state: Mapped[str] = mapped_column(String(20))
-    outcome: Mapped[str | None] = mapped_column(String(20))
+    state: Mapped[str] = mapped_column(String(20))  # states.AttemptState
+    outcome: Mapped[str | None] = mapped_column(String(20))  # states.AttemptOutcome
     detail: Mapped[str] = mapped_column(Text, default="")
     worker: Mapped[str] = mapped_column(String(100))
     action_id: Mapped[str | None] = mapped_column(String(100))
@@ -226,6 +236,10 @@ class CallbackAttempt(Base):
     deadline: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     answered_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     ended_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+
+    @validates("state")
+    def _check_state(self, key: str, value: str) -> str:
+        return ATTEMPT.move(self.state, value).value
 
 
 class ProfileSession(Base):

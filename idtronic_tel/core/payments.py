@@ -27,6 +27,7 @@ from .errors import (
 from .merchants import MerchantAuth
 from .models import AuditEntry, Cardholder, Challenge, IdempotencyRecord, Payment, SmsMessage
 from .rules import Rules
+from .states import PAYMENT, CardholderStatus, PaymentStatus
 
 # The hot paths (create, confirm) run these statements, built once: no statement construction, cache
 # key or ORM work per request, only parameters. Keys of the parameters that name columns are the
@@ -145,7 +146,7 @@ _VALIDATE_PG = _bound_insert(_audit_log, "a_", _AUDIT_COLUMNS).add_cte(
     .cte("used_challenge"),
     update(_payments)
     .where(_payments.c.id == bindparam("b_payment"))
-    .values(status="validated", validated_at=_now, finished_at=_now)
+    .values(status=PaymentStatus.VALIDATED.value, validated_at=_now, finished_at=_now)
     .cte("validated_payment"),
     update(_holders)  # budget.record_success: a success resets the cardholder's failure counter
     .where(_holders.c.id == bindparam("b_holder"))
@@ -230,7 +231,7 @@ def create(
     cfg = rules.config.tokens
     since = rules.now() - dt.timedelta(seconds=cfg.per_cardholder_window)
     holder = conn.execute(_HOLDER, {"b_identifier": body["identifier"], "b_since": since}).first()
-    if holder is None or holder.status != "active" or holder.locked or holder.suspended:
+    if holder is None or holder.status != CardholderStatus.ACTIVE or holder.locked or holder.suspended:
         reason = "unknown" if holder is None else ("locked" if holder.locked else holder.status)
         if holder is not None and holder.suspended:
             reason = "suspended"
@@ -250,7 +251,7 @@ def create(
         "currency": currency,
         "reference": body["reference"],
         "description": description,
-        "status": "pending",
+        "status": PaymentStatus.PENDING,
         "wrong_tokens": 0,
         "resends": 0,
         "created_at": now,
@@ -278,7 +279,7 @@ def create(
         conn.execute(_INSERT_AUDIT, audit_row)
     answer = {
         "id": payment_id,
-        "status": "pending",
+        "status": PaymentStatus.PENDING,
         "amount": amount,
         "currency": currency,
         "reference": body["reference"],
@@ -356,8 +357,8 @@ def _load(s: Session, merchant: MerchantAuth, payment_id: str, lock: bool = Fals
 
 
 def _expire_if_due(s: Session, rules: Rules, payment: Payment) -> None:
-    if payment.status == "pending" and payment.expires_at <= rules.now():
-        payment.status = "expired"
+    if payment.status == PaymentStatus.PENDING and payment.expires_at <= rules.now():
+        payment.status = PaymentStatus.EXPIRED
         payment.finished_at = payment.expires_at
         for challenge in s.scalars(select(Challenge).where(Challenge.payment_id == payment.id)):
             challenge.token_enc = None
@@ -385,7 +386,7 @@ def confirm(s: Session, rules: Rules, merchant: MerchantAuth, payment_id: str, t
     conn = s.connection()
     row = conn.execute(_LOCK_FOR_CONFIRM, {"b_payment": payment_id, "b_merchant": merchant.id}).first()
     now = rules.now()
-    if row is None or row.status != "pending" or row.expires_at <= now or row.locked:
+    if row is None or row.status != PaymentStatus.PENDING or row.expires_at <= now or row.locked:
         return _confirm_slow(s, rules, merchant, payment_id, token)
     challenge = conn.execute(_CURRENT_CHALLENGE, {"b_payment": payment_id}).first()
     if not (
@@ -397,6 +398,7 @@ def confirm(s: Session, rules: Rules, merchant: MerchantAuth, payment_id: str, t
         and rules.vault.matches("token:payment", token, challenge.token_digest)
     ):
         return _confirm_slow(s, rules, merchant, payment_id, token)
+    status = PAYMENT.next(PaymentStatus(row.status), PaymentStatus.VALIDATED)  # as the ORM checks it
     audit_row = _audit_row(now, merchant, "payment.validated", payment_id)
     if conn.dialect.name == "postgresql":
         conn.execute(
@@ -413,7 +415,7 @@ def confirm(s: Session, rules: Rules, merchant: MerchantAuth, payment_id: str, t
         conn.execute(_UPDATE_CHALLENGE, {"b_id": challenge.id, "used_at": now, "token_enc": None})
         conn.execute(
             _UPDATE_PAYMENT,
-            {"b_id": payment_id, "status": "validated", "validated_at": now, "finished_at": now},
+            {"b_id": payment_id, "status": status, "validated_at": now, "finished_at": now},
         )
         # budget.record_success: a success resets the cardholder's failure counter.
         conn.execute(_UPDATE_HOLDER, {"b_id": row.cardholder_id, "failures": 0, "updated_at": now})
@@ -421,7 +423,7 @@ def confirm(s: Session, rules: Rules, merchant: MerchantAuth, payment_id: str, t
     sms = challenge.sms
     return {
         "id": payment_id,
-        "status": "validated",
+        "status": status,
         "amount": row.amount,
         "currency": row.currency,
         "reference": row.reference,
@@ -439,13 +441,13 @@ def _confirm_slow(
 ) -> dict[str, Any]:
     payment = _load(s, merchant, payment_id, lock=True)  # row lock: concurrent confirms queue here
     _expire_if_due(s, rules, payment)
-    if payment.status != "pending":
+    if payment.status != PaymentStatus.PENDING:
         raise NotPending("the payment is not pending", status=payment.status)
     holder = s.get(Cardholder, payment.cardholder_id, with_for_update=True)
     assert holder is not None
     now = rules.now()
     if holder.locked:
-        _finish(s, payment, "failed", now)
+        _finish(s, payment, PaymentStatus.FAILED, now)
         audit.record(
             s, rules, f"merchant:{merchant.id}", "payment.failed", f"payment:{payment.id}", why="locked"
         )
@@ -461,7 +463,7 @@ def _confirm_slow(
     if ok and challenge is not None:
         challenge.used_at = now
         challenge.token_enc = None
-        payment.status = "validated"
+        payment.status = PaymentStatus.VALIDATED
         payment.validated_at = payment.finished_at = now
         budget.record_success(rules, holder)
         audit.record(s, rules, f"merchant:{merchant.id}", "payment.validated", f"payment:{payment.id}")
@@ -472,7 +474,7 @@ def _confirm_slow(
     locked = budget.record_failure(s, rules, holder, "payment")
     remaining = rules.config.tokens.max_attempts - payment.wrong_tokens
     if remaining <= 0 or locked:
-        _finish(s, payment, "failed", now)
+        _finish(s, payment, PaymentStatus.FAILED, now)
         remaining = 0
     audit.record(
         s, rules, f"merchant:{merchant.id}", "payment.wrong-token", f"payment:{payment.id}", left=remaining
@@ -480,7 +482,7 @@ def _confirm_slow(
     raise InvalidToken("wrong token", attempts_remaining=remaining, status=payment.status)
 
 
-def _finish(s: Session, payment: Payment, status: str, now: dt.datetime) -> None:
+def _finish(s: Session, payment: Payment, status: PaymentStatus, now: dt.datetime) -> None:
     payment.status = status
     payment.finished_at = now
     for challenge in s.scalars(select(Challenge).where(Challenge.payment_id == payment.id)):
@@ -490,7 +492,7 @@ def _finish(s: Session, payment: Payment, status: str, now: dt.datetime) -> None
 def resend(s: Session, rules: Rules, merchant: MerchantAuth, payment_id: str) -> dict[str, Any]:
     payment = _load(s, merchant, payment_id, lock=True)
     _expire_if_due(s, rules, payment)
-    if payment.status != "pending":
+    if payment.status != PaymentStatus.PENDING:
         raise NotPending("the payment is not pending", status=payment.status)
     cfg = rules.config.tokens
     if payment.resends >= cfg.max_resends:
@@ -514,8 +516,8 @@ def resend(s: Session, rules: Rules, merchant: MerchantAuth, payment_id: str) ->
 def cancel(s: Session, rules: Rules, merchant: MerchantAuth, payment_id: str) -> dict[str, Any]:
     payment = _load(s, merchant, payment_id, lock=True)
     _expire_if_due(s, rules, payment)
-    if payment.status != "pending":
+    if payment.status != PaymentStatus.PENDING:
         raise NotPending("the payment is not pending", status=payment.status)
-    _finish(s, payment, "cancelled", rules.now())
+    _finish(s, payment, PaymentStatus.CANCELLED, rules.now())
     audit.record(s, rules, f"merchant:{merchant.id}", "payment.cancel", f"payment:{payment.id}")
     return view(s, rules, payment)

@@ -17,6 +17,8 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
+from .states import EndReason
+
 # ---------------------------------------------------------------------------------------------------------
 # SMS outbox (filled by the core in the same transaction as the payment / challenge; drained by smpp/)
 
@@ -133,9 +135,12 @@ class CallbackQueue(Protocol):
 
 
 class DigitsVerdict(enum.StrEnum):
+    """The core's answer to one entry. The core alone counts the entries of a call: the IVR asks again on
+    RETRY and ends the call on any other verdict."""
+
     ACCEPTED = "accepted"  # 16 digits valid: enrollment active / new mobile proven
-    RETRY = "retry"  # wrong entry, entries remain in this call
-    FAILED = "failed"  # no entries left: the request failed
+    RETRY = "retry"  # wrong or incomplete entry, entries remain in this call
+    FAILED = "failed"  # no entries left (or the card is enrolled elsewhere): the request failed
     LOCKED = "locked"  # the cardholder's failure budget is exhausted
 
 
@@ -143,7 +148,6 @@ class DigitsVerdict(enum.StrEnum):
 class IvrCall:
     attempt_id: str
     kind: CallKind
-    entries_left: int  # DTMF entries allowed in this call
     token: str | None  # VOICE_TOKEN only: the digits to read; never log
 
 
@@ -152,9 +156,10 @@ class IvrGateway(Protocol):
         """A FastAGI session arrived: marks the attempt answered. None: unknown or finished attempt."""
 
     def check_card_digits(self, attempt_id: str, last8: str) -> Deferred[DigitsVerdict]:
-        """One DTMF entry (the last 8 digits; may be shorter or empty on timeout). The full card number
-        exists only inside this call, in memory. Counts against the failure budget when wrong."""
+        """One DTMF entry, as keyed (the last 8 digits; may be shorter, empty on timeout, or hold `*`).
+        The full card number exists only inside this call, in memory. Only a complete entry that fails
+        the checks counts against the failure budget."""
 
-    def end_call(self, attempt_id: str, reason: str) -> Deferred[None]:
-        """The call ended (hang-up, timeout, finished). An enrollment still undecided counts as a
-        failed call. Idempotent."""
+    def end_call(self, attempt_id: str, reason: EndReason) -> Deferred[None]:
+        """The call ended. A call still undecided is retried later, except for PROMPT_MISSING (an
+        installation error: the request fails at once, for the operator to see). Idempotent."""

@@ -14,14 +14,21 @@ from .crypto import random_key
 from .enrollment import schedule_call, validate_identity
 from .errors import InvalidInput, InvalidToken, RateLimited, SessionInvalid
 from .models import CallbackRequest, Cardholder, Challenge, ProfileSession
+from .ports import CallKind
 from .rules import Rules
+from .states import CallbackState, CardholderStatus
 
 SESSION_PREFIX = "idt_ses_"
 EDITABLE = ("last_name", "first_name", "birth_date", "mobile")
 
 
 def _usable(holder: Cardholder | None) -> bool:
-    return holder is not None and holder.status == "active" and not holder.locked and not holder.suspended
+    return (
+        holder is not None
+        and holder.status == CardholderStatus.ACTIVE
+        and not holder.locked
+        and not holder.suspended
+    )
 
 
 def request_challenge(s: Session, rules: Rules, identifier: str) -> None:
@@ -143,14 +150,16 @@ def _request_mobile_change(s: Session, rules: Rules, holder: Cardholder, new_mob
     for pending in s.scalars(
         select(CallbackRequest).where(
             CallbackRequest.cardholder_id == holder.id,
-            CallbackRequest.kind == "mobile_change",
-            CallbackRequest.state == "waiting",
+            CallbackRequest.kind == CallKind.MOBILE_CHANGE,
+            CallbackRequest.state == CallbackState.WAITING,
         )
     ):
-        pending.state = "cancelled"
+        pending.state = CallbackState.CANCELLED
         pending.finished_at = rules.now()
     holder.mobile_pending = new_mobile
-    schedule_call(s, rules, holder, "mobile_change", new_mobile, rules.config.callback.first_call_delay)
+    schedule_call(
+        s, rules, holder, CallKind.MOBILE_CHANGE, new_mobile, rules.config.callback.first_call_delay
+    )
     # The old number hears of the request: a stolen session cannot move the account silently.
     tokens.queue_sms(
         s,

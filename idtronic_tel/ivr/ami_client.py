@@ -89,10 +89,14 @@ class AmiClient(Service):
         self._ready_listeners: list[Callable[[], None]] = []
         self._ready_waiters: list[Deferred[AmiProtocol]] = []
         self._originate_waiters: dict[str, Deferred[Message]] = {}
-        policy = retry_policy or backoffPolicy(initialDelay=1.0, maxDelay=config.reconnect_max_delay,
-                                               factor=1.5)
+        policy = retry_policy or backoffPolicy(
+            initialDelay=1.0, maxDelay=config.reconnect_max_delay, factor=1.5
+        )
         self._service = ClientService(
-            endpoint, _ProtocolFactory(self), retryPolicy=policy, clock=clock,
+            endpoint,
+            _ProtocolFactory(self),
+            retryPolicy=policy,
+            clock=clock,
             prepareConnection=self._prepare,
         )
 
@@ -138,20 +142,29 @@ class AmiClient(Service):
             proxy._lostNotification = _ignore_lost
         self.login_attempts += 1
         try:
-            await proto.login(self.config.username, self.config.secret, auth=self.config.auth,
-                              events=self.events)
+            await proto.login(
+                self.config.username, self.config.secret, auth=self.config.auth, events=self.events
+            )
         except AmiLoginRefused as e:
             # Logged once per attempt; ClientService then schedules the next attempt with backoff.
-            self.log.warn("AMI login refused for user {username} ({reason}), attempt {attempt}",
-                          username=self.config.username, reason=e.message, attempt=self.login_attempts)
+            self.log.warn(
+                "AMI login refused for user {username} ({reason}), attempt {attempt}",
+                username=self.config.username,
+                reason=e.message,
+                attempt=self.login_attempts,
+            )
             proto.abort()
             raise
         except CancelledError:
             proto.abort()  # the service is stopping
             raise
         except Exception as e:
-            self.log.warn("AMI login failed for user {username}: {error}, attempt {attempt}",
-                          username=self.config.username, error=repr(e), attempt=self.login_attempts)
+            self.log.warn(
+                "AMI login failed for user {username}: {error}, attempt {attempt}",
+                username=self.config.username,
+                error=repr(e),
+                attempt=self.login_attempts,
+            )
             proto.abort()
             raise
         if notify is not None:
@@ -159,8 +172,9 @@ class AmiClient(Service):
         self.logins += 1
         self.login_attempts = 0
         self._current = proto
-        self.log.info("AMI logged in as {username} ({banner})", username=self.config.username,
-                      banner=proto.banner)
+        self.log.info(
+            "AMI logged in as {username} ({banner})", username=self.config.username, banner=proto.banner
+        )
         # Announce on the next turn: ClientService has not recorded the connection yet, and a waiter that
         # stops the service from inside prepareConnection would confuse its state machine.
         self.clock.callLater(0, self._announce, proto)
@@ -195,8 +209,11 @@ class AmiClient(Service):
             if waiter is not None:
                 waiter.callback(event)
         elif name == "shutdown":
-            self.log.warn("Asterisk shutdown (Shutdown: {how}, Restart: {restart})",
-                          how=event.get("Shutdown"), restart=event.get("Restart"))
+            self.log.warn(
+                "Asterisk shutdown (Shutdown: {how}, Restart: {restart})",
+                how=event.get("Shutdown"),
+                restart=event.get("Restart"),
+            )
         for callback in list(self._subscribers):
             try:
                 callback(event)
@@ -246,7 +263,11 @@ class AmiClient(Service):
         return unsubscribe
 
     def send_action(
-        self, action: str, headers: Iterable[tuple[str, str]] = (), *, action_id: str | None = None,
+        self,
+        action: str,
+        headers: Iterable[tuple[str, str]] = (),
+        *,
+        action_id: str | None = None,
         timeout: float | None = None,
     ) -> Deferred[Message]:
         """Send on the current session; fails with AmiNotLoggedIn when there is none."""
@@ -257,7 +278,11 @@ class AmiClient(Service):
         return self._current.send_action(action, headers, action_id=action_id, timeout=timeout)
 
     def send_list_action(
-        self, action: str, headers: Iterable[tuple[str, str]] = (), *, action_id: str | None = None,
+        self,
+        action: str,
+        headers: Iterable[tuple[str, str]] = (),
+        *,
+        action_id: str | None = None,
     ) -> Deferred[ListResult]:
         if self._current is None:
             d: Deferred[ListResult] = Deferred()

@@ -27,6 +27,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from idtronic_tel.core.states import IllegalTransition, Transitions
 from idtronic_tel.ivr.ami_codec import (
     AmiDecoder,
     AmiProtocolError,
@@ -89,22 +90,28 @@ class SessionInput(enum.Enum):
 
 _S = SessionState
 _I = SessionInput
-TRANSITIONS: dict[tuple[SessionState, SessionInput], SessionState] = {
-    (_S.CONNECTING, _I.BANNER): _S.CONNECTED,
-    (_S.CONNECTED, _I.LOGIN_STARTED): _S.AUTHENTICATING,
-    (_S.AUTHENTICATING, _I.LOGIN_ACCEPTED): _S.LOGGED_IN,
-    (_S.AUTHENTICATING, _I.LOGIN_REFUSED): _S.CLOSING,  # Asterisk closes 1 s after refusing anyway
-    # Shutdown notices come from the peer: valid in every state, they only matter once logged in.
-    (_S.CONNECTING, _I.SHUTDOWN_NOTICE): _S.CONNECTING,
-    (_S.CONNECTED, _I.SHUTDOWN_NOTICE): _S.CONNECTED,
-    (_S.AUTHENTICATING, _I.SHUTDOWN_NOTICE): _S.AUTHENTICATING,  # the Login itself will be refused
-    (_S.LOGGED_IN, _I.SHUTDOWN_NOTICE): _S.SHUTTING_DOWN,
-    (_S.SHUTTING_DOWN, _I.SHUTDOWN_NOTICE): _S.SHUTTING_DOWN,
-    (_S.CLOSING, _I.SHUTDOWN_NOTICE): _S.CLOSING,
-    **{(s, _I.CLOSE): _S.CLOSING for s in SessionState if s is not _S.CLOSED},
-    (_S.CLOSED, _I.CLOSE): _S.CLOSED,
-    **{(s, _I.LOST): _S.CLOSED for s in SessionState},
-}
+TRANSITIONS = Transitions(
+    "AMI session",
+    SessionState,
+    SessionInput,
+    {
+        (_S.CONNECTING, _I.BANNER): _S.CONNECTED,
+        (_S.CONNECTED, _I.LOGIN_STARTED): _S.AUTHENTICATING,
+        (_S.AUTHENTICATING, _I.LOGIN_ACCEPTED): _S.LOGGED_IN,
+        (_S.AUTHENTICATING, _I.LOGIN_REFUSED): _S.CLOSING,  # Asterisk closes 1 s after refusing anyway
+        # Shutdown notices come from the peer: valid in every state, they only matter once logged in.
+        (_S.CONNECTING, _I.SHUTDOWN_NOTICE): _S.CONNECTING,
+        (_S.CONNECTED, _I.SHUTDOWN_NOTICE): _S.CONNECTED,
+        (_S.AUTHENTICATING, _I.SHUTDOWN_NOTICE): _S.AUTHENTICATING,  # the Login itself will be refused
+        (_S.LOGGED_IN, _I.SHUTDOWN_NOTICE): _S.SHUTTING_DOWN,
+        (_S.SHUTTING_DOWN, _I.SHUTDOWN_NOTICE): _S.SHUTTING_DOWN,
+        (_S.CLOSING, _I.SHUTDOWN_NOTICE): _S.CLOSING,
+        **{(s, _I.CLOSE): _S.CLOSING for s in SessionState if s is not _S.CLOSED},
+        (_S.CLOSED, _I.CLOSE): _S.CLOSED,
+        **{(s, _I.LOST): _S.CLOSED for s in SessionState},
+    },
+    initial=(_S.CONNECTING,),
+)
 
 # Actions Asterisk accepts before login (everything else gets "Permission denied").
 _PRE_LOGIN_ACTIONS = frozenset({"challenge", "login", "logoff"})
@@ -167,9 +174,9 @@ class AmiProtocol(Protocol):
 
     def _fire(self, event: SessionInput) -> None:
         try:
-            new = TRANSITIONS[(self.state, event)]
-        except KeyError:
-            raise AmiError(f"AMI session: {event.value} is not valid in state {self.state.value}") from None
+            new = TRANSITIONS.next(self.state, event)
+        except IllegalTransition as e:
+            raise AmiError(str(e)) from None
         if new is self.state:
             return
         self.state = new
@@ -238,8 +245,10 @@ class AmiProtocol(Protocol):
         elif msg.response is not None:
             self._response(msg)
         else:
-            self.log.warn("AMI message that is neither a response nor an event ignored: {keys}",
-                          keys=[k for k, _ in msg.headers][:5])
+            self.log.warn(
+                "AMI message that is neither a response nor an event ignored: {keys}",
+                keys=[k for k, _ in msg.headers][:5],
+            )
 
     def _response(self, msg: Message) -> None:
         action_id = msg.action_id
@@ -367,16 +376,24 @@ class AmiProtocol(Protocol):
         waiter.addTimeout(self.action_timeout if timeout is None else timeout, self.clock)
         return waiter
 
-    def login(self, username: str, secret: str, *, auth: str = "md5", events: str | None = "call,system",
-              action_ids: tuple[str, str] | None = None) -> Deferred[Message]:
+    def login(
+        self,
+        username: str,
+        secret: str,
+        *,
+        auth: str = "md5",
+        events: str | None = "call,system",
+        action_ids: tuple[str, str] | None = None,
+    ) -> Deferred[Message]:
         """Log in; fires with the Login response, fails with AmiLoginRefused, AmiActionTimeout...
 
         `events` is the Events header: "on", "off" or event classes ("call,system": OriginateResponse and
         Hangup are `call` events, Shutdown and FullyBooted are `system`); None: no header (Asterisk: on)."""
         return Deferred.fromCoroutine(self._login(username, secret, auth, events, action_ids))
 
-    async def _login(self, username: str, secret: str, auth: str, events: str | None,
-                     action_ids: tuple[str, str] | None) -> Message:
+    async def _login(
+        self, username: str, secret: str, auth: str, events: str | None, action_ids: tuple[str, str] | None
+    ) -> Message:
         await self.when_banner()
         self._fire(SessionInput.LOGIN_STARTED)
         ids: tuple[str | None, str | None] = action_ids if action_ids is not None else (None, None)
@@ -428,8 +445,10 @@ class AmiProtocol(Protocol):
 
         def no_pong(f: Failure) -> None:
             if f.check(AmiActionTimeout):
-                self.log.warn("AMI keepalive: no Pong within {timeout}s, dropping the connection",
-                              timeout=self.action_timeout)
+                self.log.warn(
+                    "AMI keepalive: no Pong within {timeout}s, dropping the connection",
+                    timeout=self.action_timeout,
+                )
                 self.abort()
             elif not f.check(AmiConnectionLost, AmiNotLoggedIn):
                 self.log.failure("AMI keepalive failed", f)

@@ -1,8 +1,11 @@
 """The IVR call flows (PRODUCT.md §1.6, §3.2, voice fallback), as explicit state machines.
 
-Each flow is an enum of states, one transition table `(state, event) -> state`, and one action per state
-that talks to the channel or the core and returns the event. `step()` runs one action and one transition,
-so tests can walk a flow state by state; `run()` steps until DONE.
+Each flow is an enum of states, one transition table `(state, event) -> state` (core.states.Transitions),
+and one action per state that talks to the channel or the core and returns the event. `step()` runs one
+action and one transition, so tests can walk a flow state by state; `run()` steps until DONE.
+
+The core counts the entries of a call and decides (DigitsVerdict): the flow asks again on RETRY and ends
+the call on any other verdict; it never counts entries itself.
 
 Whatever happens (hang-up, AGI timeout, core error), a call the core started is closed with
 `IvrGateway.end_call` exactly once, in the ENDING state (or in `run()`'s `finally` if a bug escaped).
@@ -23,6 +26,7 @@ from twisted.logger import Logger
 
 from idtronic_tel.config_schema import CallbackConfig, VoiceFallbackConfig
 from idtronic_tel.core.ports import CallKind, DigitsVerdict, IvrCall, IvrGateway
+from idtronic_tel.core.states import EndReason, IllegalTransition, Transitions
 from idtronic_tel.ivr.agi_codec import AgiEnv
 from idtronic_tel.ivr.agi_protocol import AgiCommandTimeout, AgiError, ChannelHungUp, DtmfEntry, PromptFailed
 from idtronic_tel.ivr.prompts import Prompt
@@ -51,25 +55,11 @@ class AgiChannel(Protocol):
 @dataclass(frozen=True)
 class FlowSettings:
     dtmf_timeout_ms: int = 10_000
-    max_entries: int = 3
     token_repeats: int = 2
 
     @classmethod
     def from_config(cls, callback: CallbackConfig, voice: VoiceFallbackConfig) -> FlowSettings:
-        return cls(
-            dtmf_timeout_ms=round(callback.dtmf_timeout * 1000),
-            max_entries=callback.max_entries,
-            token_repeats=voice.repeats,
-        )
-
-
-class EndReason(enum.StrEnum):
-    """The `reason` given to IvrGateway.end_call."""
-
-    FINISHED = "finished"  # the flow ran to its end (verdict given, token read)
-    HANGUP = "hangup"  # the callee hung up
-    TIMEOUT = "timeout"  # Asterisk did not answer a command in time
-    ERROR = "error"  # AGI or core failure, or a call routed to the wrong script
+        return cls(dtmf_timeout_ms=round(callback.dtmf_timeout * 1000), token_repeats=voice.repeats)
 
 
 class Event(enum.Enum):
@@ -80,7 +70,6 @@ class Event(enum.Enum):
     WRONG_KIND = enum.auto()
     NEXT = enum.auto()  # the state's prompt/command is done
     ENTERED = enum.auto()  # GET DATA returned (possibly empty)
-    NO_ENTRIES = enum.auto()  # the core allows no entry in this call
     ACCEPTED = enum.auto()
     RETRY = enum.auto()
     FAILED = enum.auto()
@@ -106,7 +95,7 @@ S = TypeVar("S", bound=enum.Enum)
 class _Flow(Generic[S]):
     """The driver shared by both flows: subclasses give the table, the actions and the states."""
 
-    transitions: Mapping[tuple[S, Event], S]
+    transitions: Transitions[S, Event]
     initial: S
     ending: S  # calls end_call
     done: S  # terminal
@@ -122,8 +111,8 @@ class _Flow(Generic[S]):
         self.call: IvrCall | None = None
         self.started = False  # start_call was asked and did not answer None: end_call is owed
         self.ended = False
-        self.decided = False  # the call reached its outcome: later failures keep reason FINISHED
-        self.reason = EndReason.FINISHED
+        self.decided = False  # the call reached its outcome: later failures keep reason COMPLETED
+        self.reason = EndReason.COMPLETED
         self.history: list[tuple[S, Event, S]] = []
 
     def actions(self) -> Mapping[S, Callable[[], Awaitable[Event]]]:
@@ -133,8 +122,9 @@ class _Flow(Generic[S]):
         """Run the current state's action and move along the table."""
         action = self.actions()[self.state]
         event = await self._guarded(action)
-        new = self.transitions.get((self.state, event))
-        if new is None:
+        try:
+            new = self.transitions.next(self.state, event)
+        except IllegalTransition:
             # A hole in the table is a bug: never leave a call open because of it.
             log.error("IVR flow: no transition from {state} on {event}", state=self.state, event=event)
             self.reason = EndReason.ERROR
@@ -244,7 +234,7 @@ class _Flow(Generic[S]):
         assert self.attempt_id is not None
         IVR_CALLS.labels(type(self).__name__, self.reason.value).inc()
         try:
-            await self.gateway.end_call(self.attempt_id, self.reason.value)
+            await self.gateway.end_call(self.attempt_id, self.reason)
         except Exception as exc:
             log.error(
                 "IVR call {attempt}: end_call failed ({error})",
@@ -262,8 +252,8 @@ class _Flow(Generic[S]):
 
 
 def _table(
-    specific: Mapping[tuple[S, Event], S], states: type[S], ending: S, done: S, hang_up: S
-) -> dict[tuple[S, Event], S]:
+    name: str, specific: Mapping[tuple[S, Event], S], states: type[S], ending: S, done: S, hang_up: S
+) -> Transitions[S, Event]:
     """The flow's own transitions plus the failure rows every live state shares."""
     table = dict(specific)
     for state in states:
@@ -275,7 +265,7 @@ def _table(
         # The channel still works: say nothing more and hang up (HANGUP itself failing ends the call).
         table.setdefault((state, Event.CORE_ERROR), hang_up if state is not hang_up else ending)
     table[(ending, Event.ENDED)] = done
-    return table
+    return Transitions(name, states, Event, table, initial=(next(iter(states)),))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -300,6 +290,7 @@ class EnrollState(enum.Enum):
 
 E = EnrollState
 ENROLL_TRANSITIONS = _table(
+    "enrollment call",
     {
         (E.IDENTIFY, Event.FOUND_ID): E.LOOKUP,
         (E.IDENTIFY, Event.NO_ID): E.REFUSE,
@@ -308,7 +299,6 @@ ENROLL_TRANSITIONS = _table(
         (E.LOOKUP, Event.WRONG_KIND): E.REFUSE,
         (E.REFUSE, Event.NEXT): E.HANG_UP,
         (E.GREET, Event.NEXT): E.ASK,
-        (E.GREET, Event.NO_ENTRIES): E.FAILED,
         (E.ASK, Event.ENTERED): E.CHECK,
         (E.CHECK, Event.ACCEPTED): E.SUCCESS,
         (E.CHECK, Event.RETRY): E.WRONG,
@@ -337,7 +327,6 @@ class EnrollmentFlow(_Flow[EnrollState]):
 
     def __init__(self, channel: AgiChannel, gateway: IvrGateway, settings: FlowSettings) -> None:
         super().__init__(channel, gateway, settings)
-        self.entries = 0  # GET DATA entries made in this call
         self.last_entry_empty = False  # only whether it was empty: the digits themselves are not kept
         self._entry: DtmfEntry | None = None  # between ASK and CHECK only
 
@@ -358,21 +347,15 @@ class EnrollmentFlow(_Flow[EnrollState]):
             E.DONE: self._done,
         }
 
-    @property
-    def entries_allowed(self) -> int:
-        assert self.call is not None
-        return min(self.call.entries_left, self.settings.max_entries)
-
     async def _greet(self) -> Event:
         await self.channel.answer()
         await self._play(Prompt.WELCOME)
-        return Event.NEXT if self.entries_allowed > 0 else Event.NO_ENTRIES
+        return Event.NEXT
 
     async def _ask(self) -> Event:
         self._entry = await self.channel.get_data(
             Prompt.ENTER_LAST8.value, self.settings.dtmf_timeout_ms, LAST_DIGITS
         )
-        self.entries += 1  # a timeout with nothing keyed counts as an entry too
         return Event.ENTERED
 
     async def _check(self) -> Event:
@@ -380,17 +363,9 @@ class EnrollmentFlow(_Flow[EnrollState]):
         entry, self._entry = self._entry, None
         self.last_entry_empty = entry.digits == ""
         verdict = await self.gateway.check_card_digits(self.attempt_id, entry.digits)
-        log.info(
-            "IVR call {attempt}: entry {n} of {allowed}: {verdict}",
-            attempt=self.attempt_id,
-            n=self.entries,
-            allowed=self.entries_allowed,
-            verdict=verdict.value,
-        )
+        log.info("IVR call {attempt}: entry {verdict}", attempt=self.attempt_id, verdict=verdict.value)
         event = _VERDICT_EVENT[verdict]
         self.decided = event is not Event.RETRY
-        if event is Event.RETRY and self.entries >= self.entries_allowed:
-            event = Event.FAILED  # the core and our count disagree: never ask beyond the limit
         return event
 
     async def _wrong(self) -> Event:
@@ -431,6 +406,7 @@ class TokenState(enum.Enum):
 
 T = TokenState
 TOKEN_TRANSITIONS = _table(
+    "voice token call",
     {
         (T.IDENTIFY, Event.FOUND_ID): T.LOOKUP,
         (T.IDENTIFY, Event.NO_ID): T.REFUSE,

@@ -9,7 +9,9 @@ One rule above all (PRODUCT.md §1.5): a reconnect never places a second call fo
 * Once written, an Originate is never re-sent. If the link drops (or the action times out) before the
   immediate response, the call may be ringing: the `OriginateResponse` event arriving on the NEXT session
   (Asterisk sends it to every logged-in session, with our ActionID) decides, or the FastAGI session arriving
-  (the core's IVR gateway), or the attempt's `deadline` -> `apply_outcome(UNKNOWN)`.
+  (the core's IVR gateway), or the attempt's deadline.
+* The core owns deadlines (its housekeeping resolves every attempt past its deadline as UNKNOWN, even one
+  whose daemon died): past the deadline the dialer only stops listening for the attempt.
 * The only time an Originate is sent again is when Asterisk answered it with an Error (`Asterisk is
   shutting down`): Asterisk then certainly did not queue it.
 * At start-up, `unresolved(worker)` lists attempts a previous run originated: we only watch them.
@@ -17,6 +19,7 @@ One rule above all (PRODUCT.md §1.5): a reconnect never places a second call fo
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from datetime import UTC, datetime
 from prometheus_client import Counter
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,6 +36,7 @@ from twisted.python.failure import Failure
 from idtronic_tel.config_schema import AmiConfig
 from idtronic_tel.core.phones import dial_forms
 from idtronic_tel.core.ports import CallbackJob, CallbackQueue, CallOutcome
+from idtronic_tel.core.states import Transitions
 from idtronic_tel.ivr.ami_client import AmiClient, originate_outcome
 from idtronic_tel.ivr.ami_codec import Message
 from idtronic_tel.ivr.ami_protocol import (
@@ -83,12 +87,41 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class Drain(enum.Enum):
+    IDLE = "idle"
+    DRAINING = "draining"  # claiming due jobs and placing them
+    AGAIN = "again"  # woken while draining: one more claim before going idle
+
+
+class DrainEvent(enum.Enum):
+    WAKE = "wake"  # new work, a login, or the poll
+    ROUND = "round"  # a claim starts: it answers every wake-up so far
+    FINISH = "finish"
+
+
+_D, _V = Drain, DrainEvent
+DRAIN = Transitions(
+    "callback dialer",
+    Drain,
+    DrainEvent,
+    {
+        (_D.IDLE, _V.WAKE): _D.DRAINING,
+        (_D.DRAINING, _V.WAKE): _D.AGAIN,
+        (_D.AGAIN, _V.WAKE): _D.AGAIN,
+        (_D.DRAINING, _V.ROUND): _D.DRAINING,
+        (_D.AGAIN, _V.ROUND): _D.DRAINING,
+        (_D.DRAINING, _V.FINISH): _D.IDLE,
+        (_D.AGAIN, _V.FINISH): _D.IDLE,
+    },
+    initial=(_D.IDLE,),
+)
+
+
 @dataclass(eq=False)
 class _Attempt:
     job: CallbackJob
     action_id: str
     response: Deferred[Message] | None = None  # the OriginateResponse waiter
-    deadline: IDelayedCall | None = None
     link_wait: Deferred[object] | None = None
     resolved: bool = False
 
@@ -121,8 +154,7 @@ class CallbackDialer(Service):
         self.use_channel_id = use_channel_id
         self.now = now
         self._attempts: dict[str, _Attempt] = {}
-        self._draining = False
-        self._again = False
+        self.drain = Drain.IDLE
         self._poll: LoopingCall | None = None
         self._listening = False
 
@@ -142,7 +174,7 @@ class CallbackDialer(Service):
                 self.log.info("Watching callback {attempt_id} left unresolved", attempt_id=job.attempt_id)
                 self._watch(_Attempt(job, action_id_for(job.attempt_id)))
         if self.running:
-            self._poll = LoopingCall(self.wake)
+            self._poll = LoopingCall(self._tick)
             self._poll.clock = self.clock
             self._poll.start(self.poll_interval, now=True)
 
@@ -162,30 +194,34 @@ class CallbackDialer(Service):
 
     # -- draining the queue ------------------------------------------------------------------------------
 
+    def _tick(self) -> None:
+        """The poll: stop listening for overdue attempts, then claim."""
+        self._forget_overdue()
+        self.wake()
+
     def wake(self) -> None:
         """New work, a login, or the poll: claim due jobs while AMI is logged in."""
         if not self.running or not self.ami.ready:
             return
-        if self._draining:
-            self._again = True
-            return
-        Deferred.fromCoroutine(self._drain()).addErrback(self._log_failure, "claiming callbacks")
+        idle = self.drain is Drain.IDLE
+        self.drain = DRAIN.next(self.drain, DrainEvent.WAKE)
+        if idle:
+            Deferred.fromCoroutine(self._drain()).addErrback(self._log_failure, "claiming callbacks")
 
     async def _drain(self) -> None:
-        self._draining = True
         try:
             while self.running and self.ami.ready:
-                self._again = False
+                self.drain = DRAIN.next(self.drain, DrainEvent.ROUND)
                 room = min(self.batch, self.max_in_flight - len(self._attempts))
                 if room <= 0:
                     return
                 jobs = await self.queue.claim_due(self.worker, room)
                 for job in jobs:
                     self._dial(job)
-                if len(jobs) < room and not self._again:
+                if len(jobs) < room and self.drain is Drain.DRAINING:
                     return
         finally:
-            self._draining = False
+            self.drain = DRAIN.next(self.drain, DrainEvent.FINISH)
 
     def _dial(self, job: CallbackJob) -> None:
         if job.attempt_id in self._attempts:
@@ -206,7 +242,7 @@ class CallbackDialer(Service):
             )
             await self._resolve(att, CallOutcome.FAILED, f"not placed: {e}")
             return
-        # Waiter and deadline first: the OriginateResponse may arrive before the immediate response.
+        # The waiter first: the OriginateResponse may arrive before the immediate response.
         self._watch(att)
         if att.resolved:
             return
@@ -226,7 +262,7 @@ class CallbackDialer(Service):
                 try:
                     await link_wait
                 except (CancelledError, AmiNotLoggedIn):
-                    return  # resolved meanwhile (deadline) or service stopped
+                    return  # forgotten meanwhile (deadline) or service stopped
                 finally:
                     att.link_wait = None
                 continue
@@ -274,8 +310,6 @@ class CallbackDialer(Service):
         att.response.addCallbacks(
             self._on_response, self._on_response_failure, callbackArgs=(att,), errbackArgs=(att,)
         )
-        delay = (att.job.deadline - self.now()).total_seconds()
-        att.deadline = self.clock.callLater(max(0.0, delay), self._on_deadline, att)
 
     def _on_response(self, event: Message, att: _Attempt) -> None:
         outcome = originate_outcome(event)
@@ -286,13 +320,16 @@ class CallbackDialer(Service):
     def _on_response_failure(self, f: Failure, att: _Attempt) -> None:
         f.trap(CancelledError)
 
-    def _on_deadline(self, att: _Attempt) -> None:
-        att.deadline = None
-        self.log.warn(
-            "Callback {attempt_id}: no OriginateResponse before the deadline: outcome unknown",
-            attempt_id=att.job.attempt_id,
-        )
-        self._spawn_resolve(att, CallOutcome.UNKNOWN, "no OriginateResponse before the deadline")
+    def _forget_overdue(self) -> None:
+        """Stop listening for attempts past their deadline: the core's housekeeping resolves them."""
+        now = self.now()
+        for att in [a for a in self._attempts.values() if a.job.deadline <= now]:
+            self.log.warn(
+                "Callback {attempt_id}: no OriginateResponse before the deadline; left to the core",
+                attempt_id=att.job.attempt_id,
+            )
+            self._release(att)
+            self._attempts.pop(att.job.attempt_id, None)
 
     def _spawn_resolve(self, att: _Attempt, outcome: CallOutcome, detail: str) -> None:
         d = Deferred.fromCoroutine(self._resolve(att, outcome, detail))
@@ -317,11 +354,8 @@ class CallbackDialer(Service):
         self.wake()  # room for more
 
     def _release(self, att: _Attempt) -> None:
-        """Stop every wait of an attempt (resolved, or the service stops)."""
+        """Stop every wait of an attempt (resolved, past its deadline, or the service stops)."""
         att.resolved = True
-        if att.deadline is not None and att.deadline.active():
-            att.deadline.cancel()
-        att.deadline = None
         for d in (att.response, att.link_wait):
             if d is not None and not d.called:
                 d.cancel()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from typing import Final
 
+from ..core.states import Transitions
+
 
 class SessionState(enum.Enum):
     OPEN = "open"
@@ -24,15 +26,22 @@ class SessionEvent(enum.Enum):
     CONNECTION_LOST = "connection_lost"
 
 
-_TRANSITIONS: Final[dict[tuple[SessionState, SessionEvent], SessionState]] = {
-    (SessionState.OPEN, SessionEvent.BIND_ACCEPTED): SessionState.BOUND,
-    (SessionState.OPEN, SessionEvent.UNBIND): SessionState.UNBINDING,
-    (SessionState.OPEN, SessionEvent.CONNECTION_LOST): SessionState.CLOSED,
-    (SessionState.BOUND, SessionEvent.UNBIND): SessionState.UNBINDING,
-    (SessionState.BOUND, SessionEvent.CONNECTION_LOST): SessionState.CLOSED,
-    (SessionState.UNBINDING, SessionEvent.UNBIND): SessionState.UNBINDING,
-    (SessionState.UNBINDING, SessionEvent.CONNECTION_LOST): SessionState.CLOSED,
-}
+_S, _E = SessionState, SessionEvent
+TRANSITIONS: Final = Transitions(
+    "SMPP session",
+    SessionState,
+    SessionEvent,
+    {
+        (_S.OPEN, _E.BIND_ACCEPTED): _S.BOUND,
+        (_S.OPEN, _E.UNBIND): _S.UNBINDING,
+        (_S.OPEN, _E.CONNECTION_LOST): _S.CLOSED,
+        (_S.BOUND, _E.UNBIND): _S.UNBINDING,
+        (_S.BOUND, _E.CONNECTION_LOST): _S.CLOSED,
+        (_S.UNBINDING, _E.UNBIND): _S.UNBINDING,
+        (_S.UNBINDING, _E.CONNECTION_LOST): _S.CLOSED,
+    },
+    initial=(_S.OPEN,),
+)
 
 # What each state allows: sending new requests of each kind, and accepting the SMSC's deliver_sm.
 MAY_SUBMIT: Final = frozenset({SessionState.BOUND})
@@ -40,20 +49,13 @@ MAY_RECEIVE_DELIVER: Final = frozenset({SessionState.BOUND, SessionState.UNBINDI
 MAY_ENQUIRE: Final = frozenset({SessionState.OPEN, SessionState.BOUND})
 
 
-class InvalidTransition(Exception):
-    pass
-
-
 class Session:
     def __init__(self) -> None:
         self.state = SessionState.OPEN
 
     def handle(self, event: SessionEvent) -> SessionState:
-        try:
-            self.state = _TRANSITIONS[(self.state, event)]
-        except KeyError:
-            raise InvalidTransition(f"{event.value} in state {self.state.value}") from None
+        self.state = TRANSITIONS.next(self.state, event)
         return self.state
 
     def can(self, event: SessionEvent) -> bool:
-        return (self.state, event) in _TRANSITIONS
+        return TRANSITIONS.allows(self.state, event)

@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..core.ports import OutgoingSms, SmsOutbox
+from ..core.states import Transitions
 from . import codec
 from .binds import BindRouter, SmppBind
 from .errors import NoResponse, NotBound, RequestFailed
@@ -66,6 +67,40 @@ class Outcome(enum.IntEnum):
     EXPIRED = 1
     IN_DOUBT = 2
     UNDELIVERABLE = 3
+
+
+class Phase(enum.Enum):
+    STOPPED = "stopped"
+    RECOVERING = "recovering"  # resolving what an earlier run left in SENDING
+    READY = "ready"  # claims whenever the windows have room
+    CLAIMING = "claiming"  # one claim in flight
+    HALTED = "halted"  # recovery failed: nothing is sent until a restart
+
+
+class PhaseEvent(enum.Enum):
+    START = "start"
+    RECOVERED = "recovered"
+    RECOVERY_FAILED = "recovery_failed"
+    CLAIM = "claim"
+    CLAIMED = "claimed"  # the claim answered (or failed)
+    STOP = "stop"
+
+
+_P, _W = Phase, PhaseEvent
+PHASES = Transitions(
+    "SMPP outbox worker",
+    Phase,
+    PhaseEvent,
+    {
+        (_P.STOPPED, _W.START): _P.RECOVERING,
+        (_P.RECOVERING, _W.RECOVERED): _P.READY,
+        (_P.RECOVERING, _W.RECOVERY_FAILED): _P.HALTED,
+        (_P.READY, _W.CLAIM): _P.CLAIMING,
+        (_P.CLAIMING, _W.CLAIMED): _P.READY,
+        **{(phase, _W.STOP): _P.STOPPED for phase in Phase},
+    },
+    initial=(_P.STOPPED,),
+)
 
 
 @dataclass(eq=False)
@@ -118,8 +153,7 @@ class OutboxWorker(Service):
         self._queue: deque[_Job] = deque()
         self._jobs: set[_Job] = set()  # claimed and not yet resolved
         self._order = itertools.count()
-        self._ready = False
-        self._claiming = False
+        self.phase = Phase.STOPPED
         self._more_work = True  # the last claim was full, or someone woke us
         self._pumping = False
         self._pump_again = False
@@ -128,6 +162,9 @@ class OutboxWorker(Service):
         self._recording: set[Deferred[None]] = set()
         self._idle_waiters: list[Deferred[None]] = []
         self._registered = False
+
+    def _move(self, event: PhaseEvent) -> None:
+        self.phase = PHASES.next(self.phase, event)
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock.seconds(), UTC)
@@ -140,6 +177,7 @@ class OutboxWorker(Service):
             self.outbox.on_new_work(self.wake)
             self.router.subscribe(self._binds_changed)
             self._registered = True
+        self._move(PhaseEvent.START)
 
         def recovered(count: int) -> None:
             if count:
@@ -148,10 +186,13 @@ class OutboxWorker(Service):
                     worker=self.worker,
                     count=count,
                 )
-            self._ready = True
-            self._poll()
+            if self.phase is Phase.RECOVERING:  # not stopped meanwhile
+                self._move(PhaseEvent.RECOVERED)
+                self._poll()
 
         def failed(failure: Failure) -> None:
+            if self.phase is Phase.RECOVERING:
+                self._move(PhaseEvent.RECOVERY_FAILED)
             self.log.failure("SMPP worker {worker}: recover failed; not sending", failure, worker=self.worker)
 
         self.outbox.recover(self.worker).addCallbacks(recovered, failed)
@@ -159,7 +200,7 @@ class OutboxWorker(Service):
     def stopService(self) -> Deferred[None]:
         """Stop claiming; give back what was not written; wait for the responses of what was."""
         super().stopService()
-        self._ready = False
+        self._move(PhaseEvent.STOP)
         for call in (self._poll_call, self._rate_call):
             if call is not None and call.active():
                 call.cancel()
@@ -205,7 +246,7 @@ class OutboxWorker(Service):
             self._claim()
 
     def _claim(self) -> None:
-        if not self._ready or self._claiming or not self._more_work:
+        if self.phase is not Phase.READY or not self._more_work:
             return
         free = self.router.free_window()
         if free <= 0:
@@ -215,11 +256,12 @@ class OutboxWorker(Service):
         limit = free - sum(len(job.todo) for job in self._queue)
         if limit <= 0:
             return
-        self._claiming = True
+        self._move(PhaseEvent.CLAIM)
         self._more_work = False
 
         def claimed(messages: list[OutgoingSms]) -> None:
-            self._claiming = False
+            if self.phase is Phase.CLAIMING:  # not stopped meanwhile: the messages are sent all the same
+                self._move(PhaseEvent.CLAIMED)
             if len(messages) >= limit:
                 self._more_work = True
             for sms in messages:
@@ -229,7 +271,8 @@ class OutboxWorker(Service):
                 self._claim()
 
         def failed(failure: Failure) -> None:
-            self._claiming = False
+            if self.phase is Phase.CLAIMING:
+                self._move(PhaseEvent.CLAIMED)
             self.log.failure("SMPP worker {worker}: claim failed", failure, worker=self.worker)
 
         self.outbox.claim(self.worker, limit).addCallbacks(claimed, failed)
