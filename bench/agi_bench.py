@@ -164,7 +164,7 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
 
     sounds = wav_durations(ROOT / "sounds" / "fr")
     options = EmulatorOptions(speed=args.speed, sounds=sounds, max_session_seconds=600)
-    # Keys well inside the 5.35 s entry prompt: keyed during the welcome they would be discarded.
+    # Keys well inside the 5.35 s entry prompt (keyed during the welcome, they would barge in).
     welcome = sounds.get("idtronic-welcome", 16000) / 8000
     handset = Handset.scripted(f"w{welcome + 2.5:.2f}|d{LAST8}#")
     statuses: Counter[str] = Counter()

@@ -43,6 +43,7 @@ class DaemonHarness:
         receipt_status: str = "DELIVRD",
         speed: float = 8.0,
         seed: int | None = None,
+        missing_prompts: frozenset[str] = frozenset(),
     ) -> None:
         # Distinctive secrets, so that a scan for them cannot match anything by chance.
         self.ami_secret = "ami-" + secrets.token_urlsafe(18)
@@ -53,7 +54,9 @@ class DaemonHarness:
         self.simulator = smsc.SmscSimulator(reactor, "idtronic", self.smpp_password, 0.05, receipt_status)  # type: ignore[arg-type]
         self.smsc_port = reactor.listenTCP(0, smsc.SmscFactory(self.simulator), interface="127.0.0.1")  # type: ignore[attr-defined]
         runner = functools.partial(
-            run_agi_channel, options=EmulatorOptions(speed=speed), record=self.agi_lines
+            run_agi_channel,
+            options=EmulatorOptions(speed=speed, missing_prompts=missing_prompts),
+            record=self.agi_lines,
         )
         self.asterisk = AmiEmulatorFactory(
             username="idtronic",

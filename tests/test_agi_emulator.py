@@ -241,3 +241,91 @@ def test_first_run_handset() -> None:
     assert handset.script[1].digits == "12345678#"  # type: ignore[union-attr]
     with pytest.raises(ValueError):
         first_run_handset("1234")
+
+
+# -- what the recordings do not show, emulated from res_agi.c / app.c --------------------------------------
+
+
+async def scripted_session(handler: Any, script: str, **options: Any) -> tuple[str, list[bytes]]:
+    """Our AgiSession as the server, driven by `handler`; returns AGISTATUS and Asterisk's lines."""
+    from idtronic_tel.ivr.agi_protocol import AgiSession
+
+    record: list[tuple[float, str, bytes]] = []
+    factory = Factory.forProtocol(lambda: AgiSession(handler, reactor, command_timeout=30.0))  # type: ignore[arg-type]
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    try:
+        status = await run_agi_channel(
+            reactor,
+            f"tcp:127.0.0.1:{port.getHost().port}",
+            {},
+            Handset.scripted(script),
+            EmulatorOptions(**{"speed": SPEED, "max_session_seconds": 60, **options}),
+            record,
+        )
+    finally:
+        await port.stopListening()
+    lines = [data for _, direction, data in record if direction == "AST>"]
+    return status, lines[lines.index(b"\n") + 1 :]  # after the environment block
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_prompt_answers_at_once_and_the_channel_lives_on() -> None:
+    from idtronic_tel.ivr.agi_protocol import AgiSession, PromptMissing
+
+    seen: list[object] = []
+
+    async def handler(session: AgiSession) -> None:
+        await session.answer()
+        for play in (
+            lambda: session.stream_file("idtronic-welcome", "0123456789"),
+            lambda: session.get_data("idtronic-welcome", 3000, 8),
+        ):
+            try:
+                await play()
+            except PromptMissing as exc:
+                seen.append(exc.prompt)
+        seen.append(await session.channel_up())
+
+    status, replies = await scripted_session(handler, "w60", missing_prompts=frozenset({"idtronic-welcome"}))
+    assert seen == ["idtronic-welcome", "idtronic-welcome", True]
+    assert replies == [
+        b"200 result=0\n",
+        b"200 result=-1 endpos=0\n",  # STREAM FILE, as agi-invalid-commands.txt
+        b"200 result=6\n",  # CHANNEL STATUS: up
+        b"200 result=-1\n",  # GET DATA: ast_streamfile failed
+        b"200 result=6\n",
+        b"200 result=6\n",
+        b"HANGUP\n",  # the server closed
+    ]
+    assert status == "FAILURE"  # the failed STREAM FILE, as recorded
+
+
+@pytest_twisted.ensureDeferred
+async def test_channel_status_after_a_hangup_and_get_data_without_prompt() -> None:
+    from idtronic_tel.ivr.agi_protocol import AgiSession, ChannelHungUp
+
+    seen: list[object] = []
+
+    async def handler(session: AgiSession) -> None:
+        await session.answer()
+        digit = await session.stream_file("demo-congrats", "0123456789")  # keyed over: barge-in
+        entry = await session.get_data("", 3000, 3)  # no prompt: the next digits at once
+        seen.extend([digit, entry.digits])
+        try:
+            await session.stream_file("demo-congrats", "#")  # the callee hangs up meanwhile
+        except ChannelHungUp:
+            seen.append("hung up")
+        seen.append(await session.channel_up())
+
+    # Slower time: a digit keyed between two commands is dropped (as by Asterisk), 0.37 s of call apart.
+    status, replies = await scripted_session(handler, "w1|d4992|w1|h", speed=2.0)
+    assert seen == ["4", "992", "hung up", False]
+    assert replies[1].startswith(b"200 result=52 endpos=")  # the welcome stopped by the 4
+    assert replies[2] == b"200 result=992\n"
+    assert replies[3].startswith(b"200 result=-1 endpos=")
+    assert replies[4:] == [
+        b"HANGUP\n",  # sent before the answer to the probe
+        b"511 Command Not Permitted on a dead channel or intercept routine\n",  # CHANNEL STATUS
+        b"HANGUP\n",  # the server closed
+    ]
+    assert status == "HANGUP"

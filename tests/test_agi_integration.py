@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import random
 import shutil
 import subprocess
@@ -42,7 +44,7 @@ WRONG = "73155807"
 
 def options(**kw: Any) -> EmulatorOptions:
     sounds = wav_durations(SOUNDS) if SOUNDS.is_dir() else {}
-    return EmulatorOptions(speed=SPEED, sounds=sounds, max_session_seconds=600, **kw)
+    return EmulatorOptions(**{"speed": SPEED, "sounds": sounds, "max_session_seconds": 600, **kw})
 
 
 class LogCapture:
@@ -123,7 +125,7 @@ async def test_success(logs: LogCapture) -> None:
     assert status == "HANGUP"  # our HANGUP command
     assert commands(record) == [
         b"ANSWER\n",
-        b'STREAM FILE idtronic-welcome ""\n',
+        b'STREAM FILE idtronic-welcome "0123456789"\n',  # interruptible
         b"GET DATA idtronic-enter-last8 3000 8\n",
         b'STREAM FILE idtronic-success ""\n',
         b"HANGUP\n",
@@ -146,7 +148,7 @@ async def test_wrong_three_times(logs: LogCapture) -> None:
     assert attempt.verdicts == ["retry", "retry", "failed"]
     assert attempt.end_reasons == ["completed"]
     sent = commands(record)
-    assert sent.count(b'STREAM FILE idtronic-wrong-retry ""\n') == 2
+    assert sent.count(b'STREAM FILE idtronic-wrong-retry "0123456789"\n') == 2
     assert b'STREAM FILE idtronic-failed ""\n' in sent
     assert not [c for c in sent if WRONG.encode() in c or GOOD.encode() in c]  # no VERBOSE/SET VARIABLE
     assert WRONG not in logs.text() and not logs.failures()
@@ -162,7 +164,7 @@ async def test_timeout_without_entry() -> None:
     attempt = gateway.attempts["att-1"]
     assert attempt.entries == ["", "", ""]  # each silent timeout counted as an entry
     assert attempt.verdicts == ["retry", "retry", "failed"]
-    assert commands(record).count(b'STREAM FILE idtronic-no-entry ""\n') == 2
+    assert commands(record).count(b'STREAM FILE idtronic-no-entry "0123456789"\n') == 2
 
 
 @pytest_twisted.ensureDeferred
@@ -174,7 +176,13 @@ async def test_hangup_during_welcome_prompt() -> None:
         status = await server.call("att-1", "w1|h", record=record)
     assert status == "HANGUP"
     assert gateway.attempts["att-1"].end_reasons == ["hangup"]
-    assert commands(record)[-1] == b'STREAM FILE idtronic-welcome ""\n'  # nothing sent after the hang-up
+    # -1 from STREAM FILE: the channel is asked, answers 511 after its HANGUP line; nothing more is sent.
+    assert commands(record)[-2:] == [b'STREAM FILE idtronic-welcome "0123456789"\n', b"CHANNEL STATUS\n"]
+    replies = [data for _, direction, data in record if direction == "AST>"]
+    assert replies[-4].startswith(b"200 result=-1 endpos=")
+    # HANGUP, 511 to CHANNEL STATUS, and the HANGUP Asterisk writes when the server closes.
+    dead = b"511 Command Not Permitted on a dead channel or intercept routine\n"
+    assert replies[-3:] == [b"HANGUP\n", dead, b"HANGUP\n"]
 
 
 @pytest_twisted.ensureDeferred
@@ -187,6 +195,89 @@ async def test_hangup_during_entry(logs: LogCapture) -> None:
     attempt = gateway.attempts["att-1"]
     assert attempt.entries == [] and attempt.end_reasons == ["hangup"]  # the partial entry was lost
     assert not logs.failures()
+
+
+@pytest_twisted.ensureDeferred
+async def test_digits_typed_during_the_welcome_start_the_entry(logs: LogCapture) -> None:
+    gateway = FakeIvrGateway()
+    gateway.add("att-1", last8=GOOD)
+    record: list[RecordLine] = []
+    async with Server(gateway, SETTINGS) as server:
+        # Keyed 1 s into the 3.9 s welcome. Slower emulated time: a digit keyed between the STREAM FILE
+        # reply and the next command would be dropped (as by Asterisk), 370 ms of call time apart.
+        await server.call("att-1", f"w1|d{GOOD}#", record=record, speed=2.0)
+    attempt = gateway.attempts["att-1"]
+    assert attempt.entries == [GOOD] and attempt.verdicts == ["accepted"]
+    assert commands(record)[:3] == [
+        b"ANSWER\n",
+        b'STREAM FILE idtronic-welcome "0123456789"\n',
+        b'GET DATA "" 3000 7\n',  # the other 7 digits, without a prompt
+    ]
+    replies = [data for _, direction, data in record if direction == "AST>"]
+    assert f"200 result={ord(GOOD[0])} endpos=".encode() in replies[-5]  # the welcome stopped at digit 1
+    assert GOOD not in logs.text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_partial_typed_ahead_entry_is_asked_again(logs: LogCapture) -> None:
+    gateway = FakeIvrGateway()
+    gateway.add("att-1", last8=GOOD, budget=5)
+    async with Server(gateway, SETTINGS) as server:
+        # "857#" during the welcome, then the full number during the entry prompt.
+        await server.call("att-1", f"w1|d857#|w7|d{GOOD}#", speed=2.0)
+    attempt = gateway.attempts["att-1"]
+    assert attempt.entries == ["857", GOOD]
+    assert attempt.verdicts == ["retry", "accepted"] and attempt.budget == 5  # not counted
+
+
+@pytest.mark.parametrize(
+    ("prompt", "script", "sent"),
+    [
+        ("idtronic-welcome", "w60", b'STREAM FILE idtronic-welcome "0123456789"\n'),
+        ("idtronic-enter-last8", "w60", b"GET DATA idtronic-enter-last8 3000 8\n"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_missing_prompt_is_told_apart_from_a_hangup(
+    logs: LogCapture, prompt: str, script: str, sent: bytes
+) -> None:
+    gateway = FakeIvrGateway()
+    gateway.add("att-1")
+    record: list[RecordLine] = []
+    async with Server(gateway, SETTINGS) as server:
+        status = await server.call("att-1", script, record=record, missing_prompts=frozenset({prompt}))
+    assert gateway.attempts["att-1"].end_reasons == ["prompt_missing"]
+    assert commands(record)[-3:] == [sent, b"CHANNEL STATUS\n", b"HANGUP\n"]
+    replies = [data for _, direction, data in record if direction == "AST>"]
+    assert b"200 result=6\n" in replies  # the channel was still up
+    assert status == "HANGUP"  # we hung up; the callee did not
+    (line,) = [formatEvent(e) or "" for e in logs.events if "could not play" in (formatEvent(e) or "")]
+    assert prompt in line and "missing" in line
+    assert not logs.failures()
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostile_channel_name_and_argument_are_escaped_in_logs(logs: LogCapture) -> None:
+    from idtronic_tel.runner import JsonLinesObserver
+
+    gateway = FakeIvrGateway()
+    channel = "PJSIP/evil\x1b[2J\x1b[31mfake\rERROR forged line-00000001"
+    huge = "A" * 8000
+    async with Server(gateway, SETTINGS) as server:
+        for script, arg in (("no\x1b]0;title\x07pe", "att-1"), ("enroll", huge)):
+            env = default_env(script, (arg,), channel=channel)
+            await run_agi_channel(reactor, server.endpoint, env, Handset.scripted("w60"), options())
+    lines: list[str] = []
+    stream = io.StringIO()
+    json_observer = JsonLinesObserver(stream)
+    for event in logs.events:
+        lines.append(formatEvent(event) or "")
+        json_observer(event)
+    for text in [*lines, *(json.loads(line)["text"] for line in stream.getvalue().splitlines())]:
+        assert "\x1b" not in text and "\r" not in text and "\x07" not in text
+        assert len(text) < 600
+    assert any("\\x1b[2J" in text and "fake\\rERROR" in text and "\\x07pe" in text for text in lines)
+    assert any("more of 8000 chars" in text for text in lines)  # the 8000-character argument, cut
 
 
 @pytest_twisted.ensureDeferred
@@ -268,7 +359,9 @@ async def test_hundred_simultaneous_sessions(logs: LogCapture) -> None:
     for i in range(100):
         gateway.add(f"att-{i}", last8=GOOD)
     async with Server(gateway, SETTINGS) as server:
-        calls = [Deferred.fromCoroutine(server.call(f"att-{i}", f"w7|d{GOOD}#")) for i in range(100)]
+        # Keyed well after the welcome (its end drifts under the load of 100 sessions at 20x speed), while
+        # the entry prompt plays or GET DATA waits for the first digit.
+        calls = [Deferred.fromCoroutine(server.call(f"att-{i}", f"w9|d{GOOD}#")) for i in range(100)]
         results = await DeferredList(calls, consumeErrors=True)
         assert server.factory.active == 0
     assert [r for ok, r in results if not ok] == []

@@ -17,7 +17,7 @@ from idtronic_tel.ivr.agi_protocol import (
     AgiSession,
     AgiSessionError,
     ChannelHungUp,
-    PromptFailed,
+    PromptMissing,
 )
 from tests import transcripts
 
@@ -176,13 +176,16 @@ def test_env_timeout() -> None:
 def test_hangup_line_after_reply_then_commands_refused() -> None:
     h = started()
     d = h.run(lambda: h.session.stream_file("demo-congrats", "#"))
-    h.feed(b"200 result=-1 endpos=16160\n")
+    h.sent()
+    h.feed(b"200 result=-1 endpos=16160\n")  # agi-hangup-during-stream-file.txt
+    assert not d.called and h.sent() == b"CHANNEL STATUS\n"  # a hang-up, or a prompt it could not play?
+    h.feed(b"HANGUP\n")  # ~40 ms after the reply, before any later answer
+    h.feed(b"511 Command Not Permitted on a dead channel or intercept routine\n")
     assert isinstance(result_of(d).value, ChannelHungUp)
-    h.feed(b"HANGUP\n")
     assert h.session.hung_up
     d = h.run(lambda: h.session.stream_file("beep"))
     assert isinstance(result_of(d).value, ChannelHungUp)
-    assert h.sent().count(b"\n") == 1  # the refused STREAM FILE was not written
+    assert h.sent() == b""  # the refused STREAM FILE was not written
     d = h.run(lambda: h.session.get_variable("CHANNEL"))  # still allowed on a dead channel
     assert h.sent() == b"GET VARIABLE CHANNEL\n"
     h.feed(b"200 result=1 (Local/0611223344@callee-seq-00000004;1)\n")
@@ -210,21 +213,47 @@ def test_hangup_line_while_command_in_flight_waits_for_its_reply() -> None:
     assert isinstance(result_of(d).value, ChannelHungUp)
 
 
-def test_get_data_minus_one_is_hangup() -> None:
+def test_get_data_minus_one_after_a_hangup() -> None:
     h = started()
     d = h.run(lambda: h.session.get_data("demo-congrats", 10000, 8))
-    h.feed(b"200 result=-1\n")
+    assert h.sent() == b"GET DATA demo-congrats 10000 8\n"
+    h.feed(b"200 result=-1\n")  # agi-hangup-during-get-data.txt: then HANGUP ~40 ms later
+    assert h.sent() == b"CHANNEL STATUS\n"
+    h.feed(b"HANGUP\n511 Command Not Permitted on a dead channel or intercept routine\n")
     failure = result_of(d)
     assert isinstance(failure.value, ChannelHungUp)
     assert "-1" in str(failure.value) and "demo-congrats" not in str(failure.value)
 
 
-def test_missing_prompt_is_not_a_hangup() -> None:
+@pytest.mark.parametrize(
+    ("command", "reply", "prompt"),
+    [
+        (lambda s: s.stream_file("no-such-sound-file"), b"200 result=-1 endpos=0\n", "no-such-sound-file"),
+        (lambda s: s.get_data("no-such-sound-file", 10000, 8), b"200 result=-1\n", "no-such-sound-file"),
+        (lambda s: s.say_digits("483920"), b"200 result=-1\n", "digits/<0-9>"),
+    ],
+)
+def test_missing_prompt_is_not_a_hangup(command: Any, reply: bytes, prompt: str) -> None:
+    # agi-invalid-commands.txt: `200 result=-1 endpos=0` at once, and the channel answers on.
     h = started()
-    d = h.run(lambda: h.session.stream_file("no-such-sound-file"))
-    h.feed(b"200 result=-1 endpos=0\n")
-    assert isinstance(result_of(d).value, PromptFailed)
+    d = h.run(lambda: command(h.session))
+    h.sent()
+    h.feed(reply)
+    assert h.sent() == b"CHANNEL STATUS\n"
+    h.feed(b"200 result=6\n")  # AST_STATE_UP
+    failure = result_of(d)
+    assert isinstance(failure.value, PromptMissing) and failure.value.prompt == prompt
+    assert prompt in str(failure.value) and "483920" not in str(failure.value)
     assert not h.session.hung_up
+
+
+def test_get_data_without_prompt() -> None:
+    h = started()
+    d = h.run(lambda: h.session.get_data("", 10000, 7))
+    assert h.sent() == b'GET DATA "" 10000 7\n'  # app.c plays nothing for an empty prompt
+    h.feed(b"200 result=-1\n")
+    assert isinstance(result_of(d).value, ChannelHungUp)  # without a prompt, -1 can only be a hang-up
+    assert h.sent() == b""
 
 
 def test_511_marks_channel_dead() -> None:

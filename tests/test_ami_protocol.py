@@ -311,6 +311,22 @@ def test_garbage_line_logged_and_session_survives() -> None:
     assert proto.logged_in
 
 
+def test_peer_values_are_escaped_and_cut_in_log_lines() -> None:
+    from twisted.logger import formatEvent
+
+    logged: list[LogEvent] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        _clock, proto, transport, _events = make()
+        login_plain(proto, transport)
+        proto.dataReceived(b"\x1b[2J\x1b[31mforged\rERROR " + b"x" * 5000 + b"\r\nEvent: Foo\r\n\r\n")
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    (line,) = [formatEvent(e) or "" for e in logged if "without ':'" in str(e.get("log_format", ""))]
+    assert "\x1b" not in line and "\r" not in line and len(line) < 200
+    assert "\\x1b[2J" in line and "forged\\rERROR" in line and "more of 5022 chars" in line
+
+
 def test_oversized_line_drops_connection() -> None:
     _clock, proto, transport, _events = make()
     login_plain(proto, transport)

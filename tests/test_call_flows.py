@@ -17,10 +17,11 @@ from idtronic_tel.ivr.agi_protocol import (
     AgiSessionError,
     ChannelHungUp,
     DtmfEntry,
-    PromptFailed,
+    PromptMissing,
 )
 from idtronic_tel.ivr.call_flows import (
     ENROLL_TRANSITIONS,
+    PROMPTS_MISSING,
     TOKEN_TRANSITIONS,
     EnrollmentFlow,
     EnrollState,
@@ -43,6 +44,9 @@ class FakeChannel:
         self.variables = variables or {}
         self.calls: list[tuple[str, ...]] = []
         self.entries: deque[str | None] = deque()  # None: timeout with nothing keyed
+        self.barge_in: deque[str] = deque()  # digits that stop the next interruptible prompts ("": none)
+        self.missing: set[str] = set()  # prompts Asterisk cannot play
+        self.escapes: list[str] = []  # escape digits of each STREAM FILE
         self.fail: dict[str, Exception] = {}  # method -> exception to raise
 
     def _record(self, *call: str) -> None:
@@ -56,10 +60,15 @@ class FakeChannel:
 
     async def stream_file(self, name: str, escape_digits: str = "") -> str:
         self._record("stream_file", name)
-        return ""
+        self.escapes.append(escape_digits)
+        if name in self.missing:
+            raise PromptMissing("STREAM FILE", name)
+        return self.barge_in.popleft() if escape_digits and self.barge_in else ""
 
     async def get_data(self, prompt: str, timeout_ms: int, max_digits: int) -> DtmfEntry:
         self._record("get_data", prompt, str(timeout_ms), str(max_digits))
+        if prompt in self.missing:
+            raise PromptMissing("GET DATA", prompt)
         keyed = self.entries.popleft()
         return DtmfEntry(keyed or "", timed_out=keyed is None or len(keyed) < max_digits)
 
@@ -271,13 +280,56 @@ def test_hangup_after_the_verdict_is_still_finished() -> None:
     assert gateway.attempts["att-1"].end_reasons == ["completed"]
 
 
-def test_missing_prompt_does_not_stop_the_call() -> None:
+@pytest.mark.parametrize("prompt", ["idtronic-welcome", "idtronic-enter-last8", "idtronic-wrong-retry"])
+def test_missing_prompt_ends_the_call_as_an_error(prompt: str) -> None:
+    gateway, channel = FakeIvrGateway(), FakeChannel()
+    gateway.add("att-1", last8="12345678")
+    channel.entries.extend(["11111111", "12345678"])
+    channel.missing.add(prompt)
+    before = PROMPTS_MISSING.labels(prompt)._value.get()
+    states = walk(enroll(channel, gateway))
+    assert states[-3:] == [E.HANG_UP, E.ENDING, E.DONE]
+    assert channel.calls[-1] == ("hangup",)  # the channel lives: hang up politely
+    assert gateway.attempts["att-1"].end_reasons == ["prompt_missing"]
+    assert PROMPTS_MISSING.labels(prompt)._value.get() == before + 1
+
+
+def test_missing_prompt_after_the_verdict_keeps_it() -> None:
     gateway, channel = FakeIvrGateway(), FakeChannel()
     gateway.add("att-1")
     channel.entries.append("12345678")
-    channel.fail["stream_file"] = PromptFailed("STREAM FILE")
+    channel.missing.add("idtronic-success")
     walk(enroll(channel, gateway))
     assert gateway.attempts["att-1"].verdicts == ["accepted"]
+    assert gateway.attempts["att-1"].end_reasons == ["completed"]
+
+
+def test_digit_keyed_during_the_welcome_begins_the_entry() -> None:
+    gateway, channel = FakeIvrGateway(), FakeChannel()
+    gateway.add("att-1", last8="49927398")
+    channel.barge_in.append("4")
+    channel.entries.append("9927398")
+    flow = enroll(channel, gateway)
+    states = walk(flow)
+    assert states[:6] == [E.IDENTIFY, E.LOOKUP, E.GREET, E.CONTINUE, E.CHECK, E.SUCCESS]
+    assert channel.escapes[0] == "0123456789"  # the welcome is interruptible
+    assert ("get_data", "", "10000", "7") in channel.calls  # the other 7 digits, no prompt
+    assert gateway.attempts["att-1"].entries == ["49927398"]
+    assert gateway.attempts["att-1"].verdicts == ["accepted"]
+    assert flow._entry is None  # the digits are not kept on the flow
+
+
+def test_typed_ahead_partial_entry_is_asked_again_without_counting() -> None:
+    gateway, channel = FakeIvrGateway(), FakeChannel()
+    gateway.add("att-1", last8="49927398", budget=5)
+    channel.barge_in.extend(["8", "4"])  # the welcome, then the wrong-entry prompt, are interrupted
+    channel.entries.extend(["57", "9927398"])  # "857#": a partial entry, then the right one
+    walk(enroll(channel, gateway))
+    attempt = gateway.attempts["att-1"]
+    assert attempt.entries == ["857", "49927398"]
+    assert attempt.verdicts == ["retry", "accepted"] and attempt.budget == 5
+    prompts = [c[1] for c in channel.calls if c[0] == "stream_file"]
+    assert prompts == ["idtronic-welcome", "idtronic-wrong-retry", "idtronic-success"]
 
 
 def test_core_error_during_check_hangs_up_politely() -> None:

@@ -28,6 +28,7 @@ from idtronic_tel.core.errors import (
 )
 from idtronic_tel.core.models import AuditEntry, CallbackAttempt, Cardholder, SmsMessage
 from idtronic_tel.core.ports import CallOutcome, DigitsVerdict
+from idtronic_tel.core.states import EndReason
 
 BODY = {"amount": 4990, "currency": "EUR", "reference": "order-1"}
 
@@ -113,6 +114,33 @@ def test_incomplete_entries_are_asked_again_without_touching_the_budget(core, cl
     assert core(enrollment.status, identifier)["status"] == "failed"  # a new callback may be asked for
     attempt = core.raw(lambda s: s.get(CallbackAttempt, job.attempt_id))
     assert (attempt.outcome, attempt.detail, attempt.entries_used) == ("failed", "no complete entry", 3)
+
+
+def test_missing_prompt_fails_the_request_at_once_without_budget(core, clock):  # type: ignore[no-untyped-def]
+    identifier = enroll(core)
+    clock.advance(11)
+    job = core(callbacks.claim_due, "w1", 10)[0]
+    core(callbacks.start_call, job.attempt_id)
+    core(callbacks.end_call, job.attempt_id, EndReason.PROMPT_MISSING)
+    attempt = core.raw(lambda s: s.get(CallbackAttempt, job.attempt_id))
+    assert (attempt.state, attempt.outcome) == ("ended", "prompt_missing")
+    assert core(enrollment.status, identifier)["status"] == "failed"
+    holder = core.raw(lambda s: s.scalar(sa.select(Cardholder).where(Cardholder.identifier == identifier)))
+    assert holder.failures == 0
+    clock.advance(3600)
+    assert core(callbacks.claim_due, "w1", 10) == []  # no automatic retry: the installation is broken
+    (audit,) = core.raw(
+        lambda s: s.scalars(sa.select(AuditEntry.detail).where(AuditEntry.action == "callback.failed")).all()
+    )
+    assert "prompt file missing" in audit
+
+
+def test_end_reasons_are_the_core_enum(core, clock):  # type: ignore[no-untyped-def]
+    enroll(core)
+    clock.advance(11)
+    job = core(callbacks.claim_due, "w1", 10)[0]
+    with pytest.raises(ValueError):
+        core(callbacks.end_call, job.attempt_id, "finished")  # the old IVR word can never slip through
 
 
 def test_busy_calls_are_retried_five_minutes_apart_then_fail(core, clock):  # type: ignore[no-untyped-def]

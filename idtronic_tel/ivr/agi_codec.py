@@ -1,6 +1,6 @@
 """FastAGI wire format, without I/O (sans-I/O, like h11).
 
-What Asterisk 22 really sends is recorded in ../shared/protocols/AGI.md and its transcripts; the rules
+What Asterisk 22 really sends is recorded in docs/protocols/AGI.md and its transcripts; the rules
 that matter here:
 
 * everything is `\\n`-terminated lines; Asterisk never sends nor accepts `\\r\\n`;
@@ -389,6 +389,7 @@ def tokenize(line: str) -> list[Token]:
 # Commands known to Asterisk 22 that the emulator answers (res_agi.c command table, word by word).
 KNOWN_COMMANDS: tuple[tuple[str, ...], ...] = (
     ("ANSWER",),
+    ("CHANNEL", "STATUS"),
     ("EXEC",),
     ("GET", "DATA"),
     ("GET", "FULL", "VARIABLE"),

@@ -8,8 +8,11 @@ Every command has a timeout (`command_timeout`); after a timeout the session is 
 could be paired with the next command), so it is closed.
 
 The channel hang-up is reported by a `HANGUP` line (after a reply or while idle) or by `511`: the running
-or next command raises ChannelHungUp. The session never logs command arguments nor reply values: they
-carry card digits and tokens.
+or next command raises ChannelHungUp. A media command answered `200 result=-1` is either a hang-up or a
+prompt Asterisk could not play (missing sound file: the answer comes at once and the channel lives on);
+the session asks the channel (`CHANNEL STATUS`, refused with 511 after the `HANGUP` line on a dead
+channel) and raises ChannelHungUp or PromptMissing. The session never logs command arguments nor reply
+values: they carry card digits and tokens.
 """
 
 from __future__ import annotations
@@ -74,8 +77,17 @@ class AgiSessionError(AgiError):
     """The peer broke the protocol; the session is closed."""
 
 
-class PromptFailed(AgiError):
-    """STREAM FILE could not play the file on a live channel (`200 result=-1 endpos=0`)."""
+class PromptMissing(AgiError):
+    """Asterisk answered a media command with -1 while the channel is still up: it could not play the
+    prompt (the sound file is missing on the Asterisk server). `prompt` names the file, never digits."""
+
+    def __init__(self, command: str, prompt: str) -> None:
+        super().__init__(f"{command}: Asterisk could not play {prompt}")
+        self.prompt = prompt
+
+
+# SAY DIGITS plays digits/0..9 of the channel's language: the name reported when one of them is missing.
+DIGIT_SOUNDS = "digits/<0-9>"
 
 
 # Commands Asterisk still runs on a dead channel (res_agi.c `dead` flag); the others get 511.
@@ -212,25 +224,40 @@ class AgiSession(LineOnlyReceiver):
     async def stream_file(self, name: str, escape_digits: str = "") -> str:
         """Play a prompt; returns the escape digit that stopped it, or "".
 
-        Raises PromptFailed for a missing file on a live channel (`-1 endpos=0`)."""
+        Raises PromptMissing when Asterisk could not play it on a live channel."""
         reply = await self.command("STREAM FILE", name, Quoted(escape_digits))
         if reply.result == "-1":
-            if reply.endpos == 0 and not self.hung_up:
-                raise PromptFailed("STREAM FILE: prompt could not be played")
-            raise ChannelHungUp("STREAM FILE: -1")
+            raise await self._media_failed("STREAM FILE", name)
         code = reply.result_int()
         return chr(code) if code else ""
 
     async def get_data(self, prompt: str, timeout_ms: int, max_digits: int) -> DtmfEntry:
+        """Play `prompt` (none when "") and collect up to `max_digits` digits, `#` ending the entry."""
         reply = await self.command("GET DATA", prompt, str(timeout_ms), str(max_digits))
         if reply.result == "-1":
-            raise ChannelHungUp("GET DATA: -1")  # keyed digits are lost with the channel
+            raise await self._media_failed("GET DATA", prompt)  # keyed digits are lost either way
         return DtmfEntry(digits=reply.result, timed_out=reply.timed_out)
 
     async def say_digits(self, digits: str) -> None:
         reply = await self.command("SAY DIGITS", digits, Quoted(""))
         if reply.result == "-1":
-            raise ChannelHungUp("SAY DIGITS: -1")
+            raise await self._media_failed("SAY DIGITS", DIGIT_SOUNDS)
+
+    async def channel_up(self) -> bool:
+        """Whether the channel still lives. CHANNEL STATUS is refused on a dead channel: after a hang-up
+        Asterisk sends its `HANGUP` line, then answers 511 (res_agi.c runs it on live channels only)."""
+        try:
+            reply = await self.command("CHANNEL STATUS")
+        except ChannelHungUp:
+            return False
+        return not self.hung_up and reply.result != "-1"
+
+    async def _media_failed(self, command: str, prompt: str) -> AgiError:
+        """A media command answered -1: the caller hung up, or Asterisk could not play the prompt (it
+        answers at once and the channel lives on). Only the channel can tell."""
+        if prompt and not self.hung_up and await self.channel_up():
+            return PromptMissing(command, prompt)
+        return ChannelHungUp(f"{command}: -1")
 
     async def get_variable(self, name: str) -> str | None:
         reply = await self.command("GET VARIABLE", name)

@@ -28,9 +28,10 @@ from twisted.logger import Logger
 
 from idtronic_tel.config_schema import AgiConfig, CallbackConfig, VoiceFallbackConfig
 from idtronic_tel.core.ports import IvrGateway
-from idtronic_tel.ivr.agi_protocol import AgiError, AgiSession, Clock, TurnaroundObserver
-from idtronic_tel.ivr.call_flows import EnrollmentFlow, FlowSettings, VoiceTokenFlow
+from idtronic_tel.ivr.agi_protocol import AgiError, AgiSession, Clock, PromptMissing, TurnaroundObserver
+from idtronic_tel.ivr.call_flows import EnrollmentFlow, FlowSettings, VoiceTokenFlow, report_missing_prompt
 from idtronic_tel.ivr.prompts import Prompt
+from idtronic_tel.logsafe import loggable
 
 log = Logger()
 
@@ -118,14 +119,20 @@ class AgiServerFactory(Factory):
 async def refuse_unknown_script(session: AgiSession) -> None:
     assert session.env is not None
     log.warn(
-        "FastAGI request for unknown script {script!r} from channel {channel}; refusing",
-        script=session.env.script,
-        channel=session.env.get("agi_channel"),
+        "FastAGI request for unknown script {script} from channel {channel}; refusing",
+        script=loggable(session.env.script),
+        channel=loggable(session.env.get("agi_channel")),
     )
-    with contextlib.suppress(AgiError):  # the caller left or Asterisk failed: the session closes anyway
+    try:
         await session.answer()
         await session.stream_file(Prompt.UNKNOWN_CALL.value)
         await session.hangup()
+    except PromptMissing as exc:
+        report_missing_prompt(exc, None)
+        with contextlib.suppress(AgiError):
+            await session.hangup()
+    except AgiError:
+        pass  # the caller left or Asterisk failed: the session closes anyway
 
 
 def make_agi_service(

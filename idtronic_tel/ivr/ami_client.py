@@ -31,6 +31,7 @@ from idtronic_tel.ivr.ami_protocol import (
     ListResult,
     SessionState,
 )
+from idtronic_tel.logsafe import loggable
 
 EventCallback = Callable[[Message], None]
 
@@ -150,7 +151,7 @@ class AmiClient(Service):
             self.log.warn(
                 "AMI login refused for user {username} ({reason}), attempt {attempt}",
                 username=self.config.username,
-                reason=e.message,
+                reason=loggable(e.message),
                 attempt=self.login_attempts,
             )
             proto.abort()
@@ -173,7 +174,9 @@ class AmiClient(Service):
         self.login_attempts = 0
         self._current = proto
         self.log.info(
-            "AMI logged in as {username} ({banner})", username=self.config.username, banner=proto.banner
+            "AMI logged in as {username} ({banner})",
+            username=self.config.username,
+            banner=loggable(proto.banner),
         )
         # Announce on the next turn: ClientService has not recorded the connection yet, and a waiter that
         # stops the service from inside prepareConnection would confuse its state machine.
@@ -211,14 +214,14 @@ class AmiClient(Service):
         elif name == "shutdown":
             self.log.warn(
                 "Asterisk shutdown (Shutdown: {how}, Restart: {restart})",
-                how=event.get("Shutdown"),
-                restart=event.get("Restart"),
+                how=loggable(event.get("Shutdown")),
+                restart=loggable(event.get("Restart")),
             )
         for callback in list(self._subscribers):
             try:
                 callback(event)
             except Exception:
-                self.log.failure("AMI event subscriber failed on {event}", event=event.event)
+                self.log.failure("AMI event subscriber failed on {event}", event=loggable(event.event))
 
     # -- public API --------------------------------------------------------------------------------------
 

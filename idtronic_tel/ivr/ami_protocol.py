@@ -36,6 +36,7 @@ from idtronic_tel.ivr.ami_codec import (
     Message,
     encode_action,
 )
+from idtronic_tel.logsafe import loggable
 
 SHUTTING_DOWN_MESSAGE = "Asterisk is shutting down"
 
@@ -213,7 +214,7 @@ class AmiProtocol(Protocol):
                     if not w.called:  # a waiter may have timed out already
                         w.callback(item.text)
             elif isinstance(item, BadLine):
-                self.log.warn("AMI line without ':' ignored: {line!r}", line=item.line[:80])
+                self.log.warn("AMI line without ':' ignored: {line}", line=loggable(item.line, 80))
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         self._fire(SessionInput.LOST)
@@ -247,7 +248,7 @@ class AmiProtocol(Protocol):
         else:
             self.log.warn(
                 "AMI message that is neither a response nor an event ignored: {keys}",
-                keys=[k for k, _ in msg.headers][:5],
+                keys=loggable([k for k, _ in msg.headers][:5]),
             )
 
     def _response(self, msg: Message) -> None:
@@ -255,7 +256,7 @@ class AmiProtocol(Protocol):
         pending = self._pending.get(action_id) if action_id is not None else None
         if pending is None:
             # Late (after its timeout) or never asked for: correlation is by ActionID only.
-            self.log.debug("AMI response for unknown ActionID {action_id}", action_id=action_id)
+            self.log.debug("AMI response for unknown ActionID {action_id}", action_id=loggable(action_id))
             return
         if pending.list_result is not None and (msg.get("EventList") or "").lower() == "start":
             pending.response = msg
@@ -288,7 +289,7 @@ class AmiProtocol(Protocol):
             try:
                 self.on_event(msg)
             except Exception:
-                self.log.failure("AMI event handler failed on {event}", event=msg.event)
+                self.log.failure("AMI event handler failed on {event}", event=loggable(msg.event))
 
     # -- outgoing ----------------------------------------------------------------------------------------
 

@@ -5,7 +5,13 @@ and one action per state that talks to the channel or the core and returns the e
 action and one transition, so tests can walk a flow state by state; `run()` steps until DONE.
 
 The core counts the entries of a call and decides (DigitsVerdict): the flow asks again on RETRY and ends
-the call on any other verdict; it never counts entries itself.
+the call on any other verdict; it never counts entries itself. The welcome and the wrong-entry prompts
+are interruptible (barge-in): a digit keyed while they play stops them and is the first digit of the
+entry, the rest is collected by a GET DATA without prompt.
+
+A prompt Asterisk cannot play on a live channel (its sound file is missing) ends the call as
+PROMPT_MISSING: a log line naming the file, a metric, and the core fails the request without a retry
+(calling again would fail the same way; the operator must install the file).
 
 Whatever happens (hang-up, AGI timeout, core error), a call the core started is closed with
 `IvrGateway.end_call` exactly once, in the ENDING state (or in `run()`'s `finally` if a bug escaped).
@@ -28,14 +34,32 @@ from idtronic_tel.config_schema import CallbackConfig, VoiceFallbackConfig
 from idtronic_tel.core.ports import CallKind, DigitsVerdict, IvrCall, IvrGateway
 from idtronic_tel.core.states import EndReason, IllegalTransition, Transitions
 from idtronic_tel.ivr.agi_codec import AgiEnv
-from idtronic_tel.ivr.agi_protocol import AgiCommandTimeout, AgiError, ChannelHungUp, DtmfEntry, PromptFailed
+from idtronic_tel.ivr.agi_protocol import AgiCommandTimeout, AgiError, ChannelHungUp, DtmfEntry, PromptMissing
 from idtronic_tel.ivr.prompts import Prompt
+from idtronic_tel.logsafe import loggable
 
 IVR_CALLS = Counter("idtronic_ivr_calls", "FastAGI call flows ended, by flow and reason", ["flow", "reason"])
+PROMPTS_MISSING = Counter(
+    "idtronic_ivr_prompt_missing",
+    "Prompts Asterisk could not play on a live channel (sound file missing on the Asterisk server)",
+    ["prompt"],
+)
 log = Logger()
 
 CALLBACK_VARIABLE = "IDTRONIC_CALLBACK"  # set by the Originate; fallback when agi_arg_1 is empty
 LAST_DIGITS = 8
+BARGE_IN_DIGITS = "0123456789"  # escape digits of the interruptible prompts
+
+
+def report_missing_prompt(error: PromptMissing, attempt: str | None) -> None:
+    """The operator's signal for a missing sound file: one log line naming it, one metric."""
+    PROMPTS_MISSING.labels(error.prompt).inc()
+    log.error(
+        "IVR call {attempt}: Asterisk could not play {prompt} on a live channel: the sound file is missing "
+        "on the Asterisk server (see docs/asterisk.md); the call ends as an error and is not retried",
+        attempt=loggable(attempt) if attempt else "(no attempt)",
+        prompt=error.prompt,
+    )
 
 
 class AgiChannel(Protocol):
@@ -70,6 +94,7 @@ class Event(enum.Enum):
     WRONG_KIND = enum.auto()
     NEXT = enum.auto()  # the state's prompt/command is done
     ENTERED = enum.auto()  # GET DATA returned (possibly empty)
+    KEYED = enum.auto()  # a digit interrupted the prompt: the entry has begun
     ACCEPTED = enum.auto()
     RETRY = enum.auto()
     FAILED = enum.auto()
@@ -78,6 +103,7 @@ class Event(enum.Enum):
     HUNG_UP = enum.auto()
     AGI_TIMEOUT = enum.auto()
     AGI_ERROR = enum.auto()  # the session is unusable
+    PROMPT_MISSING = enum.auto()  # the channel works but Asterisk lacks one of our sound files
     CORE_ERROR = enum.auto()  # the channel works but the core failed: hang up politely
     ENDED = enum.auto()
 
@@ -149,13 +175,17 @@ class _Flow(Generic[S]):
         except ChannelHungUp:
             self._set_reason(EndReason.HANGUP)
             return Event.HUNG_UP
+        except PromptMissing as exc:
+            report_missing_prompt(exc, self.attempt_id)
+            self._set_reason(EndReason.PROMPT_MISSING)
+            return Event.PROMPT_MISSING
         except AgiCommandTimeout:
             self._set_reason(EndReason.TIMEOUT)
             return Event.AGI_TIMEOUT
         except AgiError as exc:
             log.warn(
                 "IVR call {attempt}: AGI error {error} in {state}",
-                attempt=self.attempt_id,
+                attempt=loggable(self.attempt_id),
                 error=type(exc).__name__,
                 state=self.state.name,
             )
@@ -164,7 +194,7 @@ class _Flow(Generic[S]):
         except Exception as exc:
             log.error(
                 "IVR call {attempt}: core error {error} in {state}",
-                attempt=self.attempt_id,
+                attempt=loggable(self.attempt_id),
                 error=type(exc).__name__,
                 state=self.state.name,
             )
@@ -172,8 +202,8 @@ class _Flow(Generic[S]):
             return Event.CORE_ERROR
 
     def _set_reason(self, reason: EndReason) -> None:
-        # Once the outcome is decided (verdict given, token read), hanging up during the last prompt does
-        # not make the call a failure.
+        # Once the outcome is decided (verdict given, token read), hanging up during the last prompt (or
+        # missing it) does not make the call a failure.
         if not self.decided:
             self.reason = reason
 
@@ -187,7 +217,7 @@ class _Flow(Generic[S]):
         if not attempt:
             log.warn(
                 "IVR call without an attempt id (script {script}); refusing",
-                script=env.script if env is not None else "?",
+                script=loggable(env.script if env is not None else "?"),
             )
             return Event.NO_ID
         self.attempt_id = attempt
@@ -199,13 +229,16 @@ class _Flow(Generic[S]):
         call = await self.gateway.start_call(self.attempt_id)
         if call is None:
             self.started = False
-            log.warn("IVR call for unknown or finished attempt {attempt}; refusing", attempt=self.attempt_id)
+            log.warn(
+                "IVR call for unknown or finished attempt {attempt}; refusing",
+                attempt=loggable(self.attempt_id),
+            )
             return Event.CALL_UNKNOWN
         self.call = call
         if call.kind not in self.expected_kinds:
             log.error(
                 "IVR call {attempt} of kind {kind} reached the wrong AGI script; refusing",
-                attempt=self.attempt_id,
+                attempt=loggable(self.attempt_id),
                 kind=call.kind.value,
             )
             self.reason = EndReason.ERROR
@@ -238,17 +271,15 @@ class _Flow(Generic[S]):
         except Exception as exc:
             log.error(
                 "IVR call {attempt}: end_call failed ({error})",
-                attempt=self.attempt_id,
+                attempt=loggable(self.attempt_id),
                 error=type(exc).__name__,
             )
-        log.info("IVR call {attempt} ended: {reason}", attempt=self.attempt_id, reason=self.reason.value)
+        log.info(
+            "IVR call {attempt} ended: {reason}", attempt=loggable(self.attempt_id), reason=self.reason.value
+        )
 
     async def _play(self, prompt: Prompt) -> None:
-        try:
-            await self.channel.stream_file(prompt.value)
-        except PromptFailed:
-            # A missing sound file must not stop the call: the caller can still key the digits.
-            log.error("Prompt {prompt} could not be played (missing sound file?)", prompt=prompt.value)
+        await self.channel.stream_file(prompt.value)
 
 
 def _table(
@@ -264,6 +295,8 @@ def _table(
         table.setdefault((state, Event.AGI_ERROR), ending)
         # The channel still works: say nothing more and hang up (HANGUP itself failing ends the call).
         table.setdefault((state, Event.CORE_ERROR), hang_up if state is not hang_up else ending)
+        if state is not hang_up:
+            table.setdefault((state, Event.PROMPT_MISSING), hang_up)
     table[(ending, Event.ENDED)] = done
     return Transitions(name, states, Event, table, initial=(next(iter(states)),))
 
@@ -276,10 +309,11 @@ class EnrollState(enum.Enum):
     IDENTIFY = enum.auto()  # attempt id from agi_arg_1, else GET VARIABLE IDTRONIC_CALLBACK
     LOOKUP = enum.auto()  # IvrGateway.start_call
     REFUSE = enum.auto()  # unknown attempt: refusal prompt
-    GREET = enum.auto()  # ANSWER, welcome prompt
+    GREET = enum.auto()  # ANSWER, welcome prompt (interruptible)
     ASK = enum.auto()  # GET DATA for the last 8 digits
+    CONTINUE = enum.auto()  # a digit stopped a prompt: GET DATA without prompt for the other 7
     CHECK = enum.auto()  # IvrGateway.check_card_digits
-    WRONG = enum.auto()  # wrong-entry (or no-entry) prompt, then ASK again
+    WRONG = enum.auto()  # wrong-entry (or no-entry) prompt (interruptible), then ASK again
     SUCCESS = enum.auto()
     FAILED = enum.auto()
     LOCKED = enum.auto()
@@ -299,12 +333,15 @@ ENROLL_TRANSITIONS = _table(
         (E.LOOKUP, Event.WRONG_KIND): E.REFUSE,
         (E.REFUSE, Event.NEXT): E.HANG_UP,
         (E.GREET, Event.NEXT): E.ASK,
+        (E.GREET, Event.KEYED): E.CONTINUE,
         (E.ASK, Event.ENTERED): E.CHECK,
+        (E.CONTINUE, Event.ENTERED): E.CHECK,
         (E.CHECK, Event.ACCEPTED): E.SUCCESS,
         (E.CHECK, Event.RETRY): E.WRONG,
         (E.CHECK, Event.FAILED): E.FAILED,
         (E.CHECK, Event.LOCKED): E.LOCKED,
         (E.WRONG, Event.NEXT): E.ASK,
+        (E.WRONG, Event.KEYED): E.CONTINUE,
         (E.SUCCESS, Event.NEXT): E.HANG_UP,
         (E.FAILED, Event.NEXT): E.HANG_UP,
         (E.LOCKED, Event.NEXT): E.HANG_UP,
@@ -328,7 +365,7 @@ class EnrollmentFlow(_Flow[EnrollState]):
     def __init__(self, channel: AgiChannel, gateway: IvrGateway, settings: FlowSettings) -> None:
         super().__init__(channel, gateway, settings)
         self.last_entry_empty = False  # only whether it was empty: the digits themselves are not kept
-        self._entry: DtmfEntry | None = None  # between ASK and CHECK only
+        self._entry: DtmfEntry | None = None  # the first digit (barge-in) or the entry, until CHECK
 
     def actions(self) -> Mapping[EnrollState, Callable[[], Awaitable[Event]]]:
         return {
@@ -337,6 +374,7 @@ class EnrollmentFlow(_Flow[EnrollState]):
             E.REFUSE: self._refuse,
             E.GREET: self._greet,
             E.ASK: self._ask,
+            E.CONTINUE: self._continue,
             E.CHECK: self._check,
             E.WRONG: self._wrong,
             E.SUCCESS: self._success,
@@ -349,8 +387,16 @@ class EnrollmentFlow(_Flow[EnrollState]):
 
     async def _greet(self) -> Event:
         await self.channel.answer()
-        await self._play(Prompt.WELCOME)
-        return Event.NEXT
+        return await self._interruptible(Prompt.WELCOME)
+
+    async def _interruptible(self, prompt: Prompt) -> Event:
+        """Barge-in: the digit that stops the prompt begins the entry (Asterisk drops digits keyed between
+        two commands, so the rest is asked for at once, in CONTINUE)."""
+        digit = await self.channel.stream_file(prompt.value, BARGE_IN_DIGITS)
+        if not digit:
+            return Event.NEXT
+        self._entry = DtmfEntry(digit)
+        return Event.KEYED
 
     async def _ask(self) -> Event:
         self._entry = await self.channel.get_data(
@@ -358,19 +404,26 @@ class EnrollmentFlow(_Flow[EnrollState]):
         )
         return Event.ENTERED
 
+    async def _continue(self) -> Event:
+        assert self._entry is not None
+        rest = await self.channel.get_data("", self.settings.dtmf_timeout_ms, LAST_DIGITS - 1)
+        self._entry = DtmfEntry(self._entry.digits + rest.digits, rest.timed_out)
+        return Event.ENTERED
+
     async def _check(self) -> Event:
         assert self.attempt_id is not None and self._entry is not None
         entry, self._entry = self._entry, None
         self.last_entry_empty = entry.digits == ""
         verdict = await self.gateway.check_card_digits(self.attempt_id, entry.digits)
-        log.info("IVR call {attempt}: entry {verdict}", attempt=self.attempt_id, verdict=verdict.value)
+        log.info(
+            "IVR call {attempt}: entry {verdict}", attempt=loggable(self.attempt_id), verdict=verdict.value
+        )
         event = _VERDICT_EVENT[verdict]
         self.decided = event is not Event.RETRY
         return event
 
     async def _wrong(self) -> Event:
-        await self._play(Prompt.NO_ENTRY if self.last_entry_empty else Prompt.WRONG_RETRY)
-        return Event.NEXT
+        return await self._interruptible(Prompt.NO_ENTRY if self.last_entry_empty else Prompt.WRONG_RETRY)
 
     async def _success(self) -> Event:
         assert self.call is not None
@@ -457,7 +510,9 @@ class VoiceTokenFlow(_Flow[TokenState]):
     async def _greet(self) -> Event:
         assert self.call is not None
         if not self.call.token or not self.call.token.isdigit():
-            log.error("IVR call {attempt}: voice token call without a token", attempt=self.attempt_id)
+            log.error(
+                "IVR call {attempt}: voice token call without a token", attempt=loggable(self.attempt_id)
+            )
             raise ValueError("no token")  # -> CORE_ERROR: hang up, end the call as an error
         await self.channel.answer()
         await self._play(Prompt.TOKEN_INTRO)

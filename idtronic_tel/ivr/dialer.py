@@ -46,6 +46,7 @@ from idtronic_tel.ivr.ami_protocol import (
     AmiNotLoggedIn,
     is_success,
 )
+from idtronic_tel.logsafe import loggable
 
 CALL_OUTCOMES = Counter(
     "idtronic_callback_outcomes", "Originate outcomes by kind of call", ["kind", "outcome"]
@@ -297,7 +298,7 @@ class CallbackDialer(Service):
             self.log.warn(
                 "Callback {attempt_id}: Originate refused: {message}",
                 attempt_id=job.attempt_id,
-                message=message,
+                message=loggable(message),
             )
             await self._resolve(att, CallOutcome.FAILED, f"Originate refused: {message}")
             return
@@ -344,7 +345,7 @@ class CallbackDialer(Service):
             "Callback {attempt_id}: {outcome} ({detail})",
             attempt_id=att.job.attempt_id,
             outcome=outcome.value,
-            detail=detail,
+            detail=loggable(detail, 200),
         )
         CALL_OUTCOMES.labels(att.job.kind.value, outcome.value).inc()
         try:

@@ -1,4 +1,4 @@
-"""The Asterisk side of a FastAGI session, as recorded from Asterisk 22.10.1 (shared/protocols/AGI.md).
+"""The Asterisk side of a FastAGI session, as recorded from Asterisk 22.10.1 (docs/protocols/AGI.md).
 
     status = await run_agi_channel(reactor, "tcp:127.0.0.1:4573", env, Handset.scripted("w1|d12345678#"))
 
@@ -15,6 +15,12 @@ command runs aborts it without a reply (WAIT FOR DIGIT replies `200 result=1`); 
 GET VARIABLE & co. work, the rest gets 511; `HANGUP\\n` comes once, ~40 ms after the reply of the
 interrupted command or at once when idle; usage text of a 520 reply comes ~40 ms after its first line;
 `\\r\\n` is not accepted. Asterisk never closes the socket itself: neither does this emulator.
+
+A prompt that does not exist (`EmulatorOptions.missing_prompts`, or an unknown name) is answered at once
+with `200 result=-1` while the channel lives on: STREAM FILE as recorded (`endpos=0`, AGISTATUS becomes
+FAILURE), GET DATA as res_agi.c/app.c do (plain `200 result=-1`; GET DATA with an empty prompt plays
+nothing and only collects digits). CHANNEL STATUS answers the channel state (6: up), and, like every
+command res_agi.c refuses on a dead channel, 511 after a hang-up.
 
 `EmulatorOptions.speed` compresses time (prompts, timeouts, the handset's script) so tests run fast.
 """
@@ -137,6 +143,7 @@ class EmulatorOptions:
     step_overhead: float = 0.1  # each later DTMF step of the callee-seq While loop starts this late
     variables: Mapping[str, str] = field(default_factory=dict)  # Originate variables (IDTRONIC_CALLBACK)
     max_session_seconds: float | None = None  # raise SessionLeaked if the server never closes
+    missing_prompts: frozenset[str] = frozenset()  # sound files this Asterisk lacks
 
 
 RecordLine = tuple[float, str, bytes]  # (emulated seconds, "AST>" or ">AST", raw line)
@@ -202,8 +209,8 @@ def default_env(
 
 
 def first_run_handset(last8: str, welcome_seconds: float | None = None) -> Handset:
-    """The demo's simulated cardholder: answers, lets the welcome prompt play (digits keyed during a
-    STREAM FILE without escape digits are lost), keys `last8` and `#` while the entry prompt plays."""
+    """The demo's simulated cardholder: answers, lets the welcome prompt play to its end, then keys
+    `last8` and `#` while the entry prompt plays."""
     if not re.fullmatch(r"\d{8}", last8):
         raise ValueError("the simulated handset needs exactly 8 digits")
     if welcome_seconds is None:
@@ -280,6 +287,7 @@ class EmulatedAgiChannel(LineOnlyReceiver):
         self._leak_timer: DelayedCall | None = None
         self._handlers: dict[str, Callable[[list[str]], Awaitable[None]]] = {
             "ANSWER": self._answer,
+            "CHANNEL STATUS": self._channel_status,
             "EXEC": self._exec,
             "GET DATA": self._get_data,
             "GET FULL VARIABLE": self._get_full_variable,
@@ -504,6 +512,8 @@ class EmulatedAgiChannel(LineOnlyReceiver):
     # -- sounds ----------------------------------------------------------------------------------------
 
     def sound_samples(self, name: str) -> int | None:
+        if name in self.options.missing_prompts:
+            return None
         if name in self.options.sounds:
             return self.options.sounds[name]
         stock = STOCK_SOUNDS.get(self.language, STOCK_SOUNDS["en"])
@@ -520,6 +530,14 @@ class EmulatedAgiChannel(LineOnlyReceiver):
 
     async def _noop(self, args: list[str]) -> None:
         self._reply("result=0")
+
+    async def _channel_status(self, args: list[str]) -> None:
+        if len(args) > 1:
+            raise BadArguments
+        if args and args[0] != self.env.get("agi_channel"):
+            self._reply("result=-1")  # no such channel
+            return
+        self._reply("result=6")  # AST_STATE_UP: a dead channel never gets here (511)
 
     async def _verbose(self, args: list[str]) -> None:
         if not args:
@@ -613,8 +631,11 @@ class EmulatedAgiChannel(LineOnlyReceiver):
         timeout = (timeout_ms if timeout_ms > 0 else 6000) / 1000
         max_digits = int(args[2]) if len(args) == 3 and args[2].isdigit() else 1024
         digits: list[str] = []
-        # The prompt plays first; a digit keyed meanwhile stops it and counts.
-        prompt = self.sound_samples(args[0]) or 0
+        # The prompt plays first (none when empty); a digit keyed meanwhile stops it and counts.
+        prompt = self.sound_samples(args[0]) if args[0] else 0
+        if prompt is None:
+            self._reply("result=-1")  # ast_streamfile failed: at once, the channel lives on
+            return
         wake, digit = await self._wait(prompt / SAMPLE_RATE, dtmf=True)
         if wake is Wake.TIMEOUT:  # the prompt played to its end: the digit timeout starts now
             wake, digit = await self._wait(timeout, dtmf=True)
