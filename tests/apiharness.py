@@ -116,7 +116,7 @@ class ApiHarness:
     async def sent_sms(self) -> list[tuple[str, str]]:
         """Claim queued SMS as an SMPP worker would: (destination, text)."""
         out = []
-        for sms in await self.outbox.claim("test", 100):
+        for sms in await self.outbox.claim("test", 100, 40.0):
             out.append((sms.destination, sms.text))
-            await self.outbox.mark_submitted(sms.sms_id, [f"{sms.sms_id:08X}"], "test")
+            await self.outbox.mark_submitted("test", sms.sms_id, [f"{sms.sms_id:08X}"], "test", 0)
         return out

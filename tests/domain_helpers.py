@@ -57,8 +57,8 @@ def merchant(core, name: str = "Boutique Exemple", domain: str | None = None) ->
 def sent_tokens(core) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
     """Claim every queued SMS; (destination, token or '') for each."""
     out = []
-    for sms in core(outbox.claim, "test-worker", 100):
+    for sms in core(outbox.claim, "test-worker", 100, 40.0):
         match = re.search(r"code (\d{6})", sms.text)
         out.append((sms.destination, match.group(1) if match else ""))
-        core(outbox.mark_submitted, sms.sms_id, [f"ID{sms.sms_id:06d}"], "test")
+        core(outbox.mark_submitted, "test-worker", sms.sms_id, [f"ID{sms.sms_id:06d}"], "test", 0)
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -12,14 +13,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
-from idtronic_tel.core.ports import OutgoingSms, SmsState
+from idtronic_tel.core.ports import MAX_RESENDS, OutgoingSms, Recovered, SmsState
 
 FIXTURE_DIR = Path(__file__).parent / "smsc_fixture"
+
+
+class DatabaseDown(Exception):
+    """What a FakeOutbox method named in `down` fails with."""
+
+
+def _may_fail(method: Callable[..., Deferred[Any]]) -> Callable[..., Deferred[Any]]:
+    @functools.wraps(method)
+    def call(self: FakeOutbox, *args: Any) -> Deferred[Any]:
+        if method.__name__ in self.down:
+            self.calls.append(("down", method.__name__))
+            return fail(DatabaseDown(method.__name__))
+        return method(self, *args)
+
+    return call
 
 
 @dataclass
@@ -33,6 +49,8 @@ class Record:
     reasons: list[str] = field(default_factory=list)
     part_states: dict[str, str] = field(default_factory=dict)
     claims: int = 0
+    resends: int = 0
+    lease_until: datetime | None = None
 
 
 class FakeOutbox:
@@ -44,6 +62,7 @@ class FakeOutbox:
         self.records: dict[int, Record] = {}
         self.calls: list[tuple[str, Any]] = []
         self.suspended = False
+        self.down: set[str] = set()  # methods that fail as if the database were unreachable
         self._callbacks: list[Callable[[], None]] = []
         self._waiters: list[tuple[Callable[[], bool], Deferred[None]]] = []
         self._next_id = 1
@@ -111,7 +130,8 @@ class FakeOutbox:
 
     # -- SmsOutbox ----------------------------------------------------------------------------------------
 
-    def claim(self, worker: str, limit: int) -> Deferred[list[OutgoingSms]]:
+    @_may_fail
+    def claim(self, worker: str, limit: int, lease: float) -> Deferred[list[OutgoingSms]]:
         self.calls.append(("claim", (worker, limit)))
         claimed: list[OutgoingSms] = []
         if self.suspended:
@@ -127,56 +147,115 @@ class FakeOutbox:
                 continue
             record.state = SmsState.SENDING
             record.claimed_by = worker
+            record.lease_until = now + timedelta(seconds=lease)
             record.claims += 1
-            claimed.append(record.sms)
+            claimed.append(replace(record.sms, resends=record.resends))
         self._changed()
         return succeed(claimed)
 
-    def mark_submitted(self, sms_id: int, message_ids: list[str], bind: str) -> Deferred[None]:
-        self.calls.append(("mark_submitted", (sms_id, list(message_ids), bind)))
-        record = self._set(sms_id, SmsState.SUBMITTED)
-        record.message_ids = list(message_ids)
-        record.bind = bind
-        self._changed()
-        return succeed(None)
-
-    def mark_retry(self, sms_id: int, reason: str) -> Deferred[None]:
-        self.calls.append(("mark_retry", (sms_id, reason)))
-        self._set(sms_id, SmsState.QUEUED).reasons.append(reason)
-        self._changed()
-        return succeed(None)
-
-    def mark_undeliverable(self, sms_id: int, reason: str) -> Deferred[None]:
-        self.calls.append(("mark_undeliverable", (sms_id, reason)))
-        self._set(sms_id, SmsState.UNDELIVERABLE).reasons.append(reason)
-        self._changed()
-        return succeed(None)
-
-    def mark_expired(self, sms_id: int) -> Deferred[None]:
-        self.calls.append(("mark_expired", sms_id))
-        self._set(sms_id, SmsState.EXPIRED)
-        self._changed()
-        return succeed(None)
-
-    def mark_in_doubt(self, sms_id: int, reason: str) -> Deferred[None]:
-        self.calls.append(("mark_in_doubt", (sms_id, reason)))
-        record = self._set(sms_id, SmsState.SUBMITTED)
-        record.in_doubt = True
-        record.reasons.append(reason)
-        self._changed()
-        return succeed(None)
-
-    def recover(self, worker: str) -> Deferred[int]:
-        self.calls.append(("recover", worker))
-        count = 0
-        for record in self.records.values():
+    @_may_fail
+    def renew(self, worker: str, sms_ids: list[int], lease: float) -> Deferred[list[int]]:
+        self.calls.append(("renew", (worker, list(sms_ids))))
+        held = []
+        for sms_id in sms_ids:
+            record = self.records[sms_id]
             if record.state is SmsState.SENDING and record.claimed_by == worker:
-                record.state = SmsState.SUBMITTED
-                record.in_doubt = True
-                count += 1
-        self._changed()
-        return succeed(count)
+                record.lease_until = self.now() + timedelta(seconds=lease)
+                held.append(sms_id)
+        return succeed(held)
 
+    def _mine(self, worker: str, sms_id: int, resends: int) -> Record | None:
+        record = self.records[sms_id]
+        if record.state is not SmsState.SENDING or record.claimed_by != worker:
+            return None
+        record.resends = max(record.resends, resends)
+        return record
+
+    def _finish(
+        self, call: str, worker: str, sms_id: int, state: SmsState, reason: str | None, resends: int
+    ) -> Deferred[None]:
+        self.calls.append((call, (sms_id, reason) if reason is not None else sms_id))
+        record = self._mine(worker, sms_id, resends)
+        if record is not None:
+            record.state = state
+            if state is SmsState.QUEUED:
+                record.claimed_by = None
+            if reason is not None:
+                record.reasons.append(reason)
+            self._changed()
+        return succeed(None)
+
+    @_may_fail
+    def mark_submitted(
+        self, worker: str, sms_id: int, message_ids: list[str], bind: str, resends: int
+    ) -> Deferred[None]:
+        self.calls.append(("mark_submitted", (sms_id, list(message_ids), bind)))
+        record = self._mine(worker, sms_id, resends)
+        if record is not None:
+            record.state = SmsState.SUBMITTED
+            record.message_ids = list(message_ids)
+            record.bind = bind
+            self._changed()
+        return succeed(None)
+
+    @_may_fail
+    def mark_retry(self, worker: str, sms_id: int, reason: str, resends: int) -> Deferred[None]:
+        return self._finish("mark_retry", worker, sms_id, SmsState.QUEUED, reason, resends)
+
+    @_may_fail
+    def mark_undeliverable(self, worker: str, sms_id: int, reason: str, resends: int) -> Deferred[None]:
+        return self._finish("mark_undeliverable", worker, sms_id, SmsState.UNDELIVERABLE, reason, resends)
+
+    @_may_fail
+    def mark_expired(self, worker: str, sms_id: int, resends: int) -> Deferred[None]:
+        return self._finish("mark_expired", worker, sms_id, SmsState.EXPIRED, None, resends)
+
+    @_may_fail
+    def mark_in_doubt(self, worker: str, sms_id: int, reason: str, resends: int) -> Deferred[None]:
+        record = self.records[sms_id]
+        mine = record.state is SmsState.SENDING and record.claimed_by == worker
+        self._finish("mark_in_doubt", worker, sms_id, SmsState.SUBMITTED, reason, resends)
+        record.in_doubt = record.in_doubt or mine
+        return succeed(None)
+
+    @_may_fail
+    def recover(self, worker: str) -> Deferred[Recovered]:
+        self.calls.append(("recover", worker))
+        return succeed(self._send_again(lambda r: r.claimed_by == worker))
+
+    @_may_fail
+    def recover_stale(self, worker: str) -> Deferred[Recovered]:
+        now = self.now()
+        return succeed(
+            self._send_again(
+                lambda r: r.claimed_by != worker and (r.lease_until is None or r.lease_until < now)
+            )
+        )
+
+    def _send_again(self, left: Callable[[Record], bool]) -> Recovered:
+        """core.outbox._send_again's policy."""
+        resent = expired = in_doubt = 0
+        now = self.now()
+        for record in self.records.values():
+            if record.state is not SmsState.SENDING or not left(record):
+                continue
+            if record.sms.expires_at <= now:
+                record.state = SmsState.EXPIRED
+                expired += 1
+            elif record.resends >= MAX_RESENDS:
+                record.state, record.in_doubt = SmsState.SUBMITTED, True
+                in_doubt += 1
+            else:
+                record.state, record.claimed_by = SmsState.QUEUED, None
+                record.resends += 1
+                resent += 1
+        self._changed()
+        if resent:  # CoreSmsOutbox wakes the workers too
+            for callback in list(self._callbacks):
+                callback()
+        return Recovered(resent, expired, in_doubt)
+
+    @_may_fail
     def apply_receipt(self, message_id: str, state: str) -> Deferred[bool]:
         self.calls.append(("apply_receipt", (message_id, state)))
         for record in self.records.values():

@@ -27,7 +27,7 @@ from idtronic_tel.core.errors import (
     RateLimited,
 )
 from idtronic_tel.core.models import AuditEntry, CallbackAttempt, Cardholder, SmsMessage
-from idtronic_tel.core.ports import CallOutcome, DigitsVerdict
+from idtronic_tel.core.ports import CallOutcome, DigitsVerdict, Recovered
 from idtronic_tel.core.states import EndReason
 
 BODY = {"amount": 4990, "currency": "EUR", "reference": "order-1"}
@@ -222,7 +222,7 @@ def test_sms_text_names_merchant_amount_and_domain(core, clock):  # type: ignore
     identifier = active_cardholder(core, clock)
     shop = merchant(core, domain="boutique.example.fr")
     pay(core, shop, identifier)
-    [sms] = core(outbox.claim, "w", 10)
+    [sms] = core(outbox.claim, "w", 10, 40.0)
     assert "49,90 EUR chez Boutique Exemple" in sms.text and "Valable 5 min" in sms.text
     assert sms.text.endswith("@boutique.example.fr #" + sms.text.split("code ")[1][:6])
 
@@ -278,7 +278,7 @@ def test_token_expires_and_expired_sms_is_never_sent(core, clock):  # type: igno
     shop = merchant(core)
     created = pay(core, shop, identifier)
     clock.advance(301)
-    assert core(outbox.claim, "w", 10) == []
+    assert core(outbox.claim, "w", 10, 40.0) == []
     with pytest.raises(NotPending) as err:
         core(payments.confirm, shop, created["id"], "123456")
     assert err.value.extra["status"] == "expired"
@@ -343,9 +343,9 @@ def test_receipts_update_the_payment_sms_state(core, clock):  # type: ignore[no-
     identifier = active_cardholder(core, clock)
     shop = merchant(core)
     created = pay(core, shop, identifier)
-    [sms] = core(outbox.claim, "w", 10)
+    [sms] = core(outbox.claim, "w", 10, 40.0)
     assert core(payments.get, shop, created["id"])["sms"] == "queued"
-    core(outbox.mark_submitted, sms.sms_id, ["0000AB01", "0000AB02"], "smsc1")
+    core(outbox.mark_submitted, "w", sms.sms_id, ["0000AB01", "0000AB02"], "smsc1", 0)
     assert core(payments.get, shop, created["id"])["sms"] == "submitted"
     assert core(outbox.apply_receipt, "0000AB01", "delivered")
     assert core(payments.get, shop, created["id"])["sms"] == "submitted"  # one part still travelling
@@ -354,14 +354,26 @@ def test_receipts_update_the_payment_sms_state(core, clock):  # type: ignore[no-
     assert not core(outbox.apply_receipt, "FFFFFFFF", "delivered")
 
 
-def test_crash_leaves_messages_in_doubt_never_resent(core, clock):  # type: ignore[no-untyped-def]
+def test_crash_recovery_sends_again_while_valid_and_drops_the_expired(core, clock):  # type: ignore[no-untyped-def]
     identifier = active_cardholder(core, clock)
     shop = merchant(core)
     created = pay(core, shop, identifier)
-    assert len(core(outbox.claim, "w", 10)) == 1
-    assert core(outbox.recover, "w") == 1
-    assert core(outbox.claim, "w", 10) == []
-    assert core(payments.get, shop, created["id"])["sms"] == "submitted"
+    [first] = core(outbox.claim, "w", 10, 40.0)
+    assert core(outbox.recover, "other") == Recovered()  # not its claim
+    assert core(outbox.recover, "w") == Recovered(resent=1)
+    [again] = core(outbox.claim, "w", 10, 40.0)
+    assert (again.sms_id, again.text, again.resends) == (first.sms_id, first.text, 1)
+    assert core(payments.get, shop, created["id"])["sms"] == "queued"
+    clock.advance(50)  # the lease (40 s) ran out: another worker takes the claim over
+    assert core(outbox.recover_stale, "w") == Recovered()  # its own claims are not stale to it
+    assert core(outbox.recover_stale, "w2") == Recovered(resent=1)
+    [third] = core(outbox.claim, "w2", 10, 40.0)
+    assert third.resends == 2
+    core(outbox.mark_submitted, "w", third.sms_id, ["LATE"], "smsc1", 2)  # no longer w's to record
+    assert core(payments.get, shop, created["id"])["sms"] == "queued"
+    clock.advance(300)  # the token expires while w2's claim is left on the wire
+    assert core(outbox.recover, "w2") == Recovered(expired=1)
+    assert core(payments.get, shop, created["id"])["sms"] == "expired"
 
 
 # ---- §3 personal section ------------------------------------------------------------------------------
@@ -405,9 +417,9 @@ def test_suspension_holds_work_and_resume_releases_it(core, clock):  # type: ign
     clock.advance(11)
     core(suspension.suspend, "Maintenance ce soir")
     assert core.raw(suspension.global_state) == (True, "Maintenance ce soir")
-    assert core(outbox.claim, "w", 10) == [] and core(callbacks.claim_due, "w", 10) == []
+    assert core(outbox.claim, "w", 10, 40.0) == [] and core(callbacks.claim_due, "w", 10) == []
     core(suspension.resume)
-    assert len(core(outbox.claim, "w", 10)) == 1 and len(core(callbacks.claim_due, "w", 10)) == 1
+    assert len(core(outbox.claim, "w", 10, 40.0)) == 1 and len(core(callbacks.claim_due, "w", 10)) == 1
 
 
 def test_audit_log_is_append_only(core, clock):  # type: ignore[no-untyped-def]

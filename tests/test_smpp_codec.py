@@ -136,12 +136,20 @@ def test_unknown_command_is_nacked_invcmdid() -> None:
     assert codec.generic_nack(9, codec.ESME_RINVCMDID) == bytes.fromhex("00000010800000000000000300000009")
 
 
-def test_undecodable_body_is_nacked_invcmdlen() -> None:
+def test_undecodable_bodies_are_refused_with_their_own_response() -> None:
     body = TRANSCRIPT[4][16:] + b"\x04"  # a truncated TLV header after the message
     pdu = struct.pack(">LLLL", 16 + len(body), 4, 0, 7) + body
     (event,) = codec.SmppCodec().receive_data(pdu)
     assert isinstance(event, codec.Undecodable)
-    assert (event.sequence, event.status) == (7, codec.ESME_RINVCMDLEN)
+    assert (event.sequence, event.status) == (7, codec.ESME_RINVOPTPARSTREAM)
+    assert codec.error_response(event) == bytes.fromhex("0000001080000004000000c000000007")
+    cut = TRANSCRIPT[4][:30]  # submit_sm cut inside source_addr
+    (event,) = codec.SmppCodec().receive_data(struct.pack(">L", 30) + cut[4:])
+    assert isinstance(event, codec.Undecodable) and event.status == codec.ESME_RINVCMDLEN
+    assert codec.error_response(event) == codec.encode_header_only(0x80000004, event.sequence, 2)
+    response = struct.pack(">LLLL", 20, 0x80000004, 0, 9) + b"2329"  # message_id without its NUL
+    (event,) = codec.SmppCodec().receive_data(response)
+    assert isinstance(event, codec.Undecodable) and codec.error_response(event) is None
 
 
 def test_repeated_undecodable_pdus_are_fatal_and_a_good_pdu_resets_the_count() -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from sqlalchemy import select
+from sqlalchemy import func, select
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, DeferredList, succeed
 
@@ -31,7 +31,7 @@ from idtronic_tel.core.crypto import Vault
 from idtronic_tel.core.db import DBPool, make_engine
 from idtronic_tel.core.facade import Core, CoreSmsOutbox
 from idtronic_tel.core.merchants import MerchantAuth
-from idtronic_tel.core.models import SmsMessage, SmsPart
+from idtronic_tel.core.models import AuditEntry, SmsMessage, SmsPart
 from idtronic_tel.core.ports import OutgoingSms
 from idtronic_tel.core.rules import Rules
 from idtronic_tel.smpp.service import SmppService, makeSmppService
@@ -205,7 +205,7 @@ class SpyOutbox:
         self.claims: list[tuple[bool, list[OutgoingSms] | None]] = []
         self.crashed = False
 
-    def claim(self, worker: str, limit: int) -> Deferred[list[OutgoingSms]]:
+    def claim(self, worker: str, limit: int, lease: float) -> Deferred[list[OutgoingSms]]:
         if self.crashed:
             return succeed([])
         current = self.service()
@@ -217,7 +217,7 @@ class SpyOutbox:
             self.claims[index] = (bound, messages)
             return messages
 
-        return self.inner.claim(worker, limit).addCallback(record)
+        return self.inner.claim(worker, limit, lease).addCallback(record)
 
     def crash(self) -> None:
         self.crashed = True
@@ -358,20 +358,21 @@ async def test_token_expiry_while_the_smsc_is_down_is_never_sent(db_url: str) ->
 
 
 @pytest_twisted.ensureDeferred
-async def test_crash_after_claiming_restart_resolves_in_doubt_never_resent(db_url: str) -> None:
-    """Policy (ports.SmsOutbox.mark_in_doubt / recover): a message whose submit_sm may have reached the SMSC
-    is never sent again automatically, because the same one-time code must not arrive twice and we cannot
-    know whether the first copy arrived. It is shown `submitted`; the merchant's resend draws a new code.
+async def test_crash_after_claiming_restart_sends_again_what_is_still_valid(db_url: str) -> None:
+    """Policy (ports.SmsOutbox.recover): a message its daemon may have written before dying is sent again
+    on restart while its token is valid (a duplicate is harmless, a loss blocks the purchase); an expired
+    one is dropped.
 
-    Here the SMSC never answers submit_sm (a submit delay of an hour); daemon-a claims five messages and
-    writes them, then "crashes": it is cut off from its database (nothing more is recorded) and torn down,
-    and the SMSC dies with its unanswered submits. The rows stay in SENDING, claimed by daemon-a. On restart
-    with the same worker name, `recover` marks them in doubt; they show `submitted` and a fresh SMSC
-    receives none of them, while a payment created after the restart is delivered."""
+    Here the SMSC accepts every submit_sm on arrival but never answers (a submit delay of an hour);
+    daemon-a claims five messages and writes them, then "crashes": it is cut off from its database
+    (nothing more is recorded) and torn down. The rows stay in SENDING, claimed by daemon-a. One of them
+    is made to expire meanwhile. On restart with the same worker name, `recover` queues the four others
+    again: a fresh SMSC receives exactly those four (same text, resends = 1, an audit entry each) and a
+    payment created after the restart; the expired one shows `expired` and is never sent again."""
     clock = real_time_clock()
     world = seed(db_url, product_config(), clock, cardholders=6)
     daemon = Daemon(db_url, world.config, clock)
-    silent = await started_smsc(submit_delay=3_600_000)
+    silent = await started_smsc(submit_delay=3_600_000, accept_on_receipt=1)
     smsc: NodeSmsc | None = None
     service: SmppService | None = None
     spy = SpyOutbox(daemon.outbox, lambda: service)
@@ -380,29 +381,67 @@ async def test_crash_after_claiming_restart_resolves_in_doubt_never_resent(db_ur
         stuck = [await pay(daemon, world, i) for i in range(5)]
         bind = service.binds[0]
         await wait_for(lambda: bind.in_flight == 5, "5 submits on the wire")
+        await wait_for(lambda: len(silent.submits()) == 5, "5 submits accepted by the SMSC")
         spy.crash()
+        await silent.stop()  # its connection goes: the stop below waits for nothing
         await service.stopService()
-        await silent.stop()
-        assert silent.submits() == []  # received, never answered
         rows = {r[0]: r for r in outbox_rows(db_url)}
         assert all(rows[p][2] == "sending" and rows[p][4] == "daemon-a" for p in stuck)
         assert set((await sms_views(daemon, world, stuck)).values()) == {"queued"}  # "sending" shows queued
+        expire(db_url, stuck[0], clock.now)
 
         smsc = await started_smsc()
         restarted = daemon.smpp(smsc, "daemon-a")
-        await wait_for(lambda: all_sms(daemon, world, stuck, "submitted"), "recover: in doubt")
+        await wait_for(lambda: all_sms(daemon, world, stuck[1:], "delivered"), "recover: sent again")
         fresh = await pay(daemon, world, 5)
         await wait_for(lambda: all_sms(daemon, world, [fresh], "delivered"), "a new payment delivered")
         assert restarted.worker.running
+        assert (await sms_views(daemon, world, stuck[:1])) == {stuck[0]: "expired"}
     finally:
         await daemon.stop()
         await silent.stop()
         if smsc is not None:
             await smsc.stop()
     assert smsc is not None
-    assert [s["destination"] for s in smsc.submits()] == [world.cardholders[5][1][1:]]
+    expected = [world.cardholders[i][1][1:] for i in (1, 2, 3, 4, 5)]
+    assert sorted(s["destination"] for s in smsc.submits()) == sorted(expected)
+    lengths = {s["destination"]: s["length"] for s in silent.submits()}
+    assert all(lengths[s["destination"]] == s["length"] for s in smsc.submits()[:4])  # the same text
     rows = {r[0]: r for r in outbox_rows(db_url)}
-    assert all(rows[p][2] == "submitted" and rows[p][3] and rows[p][5] == [] for p in stuck)
+    assert rows[stuck[0]][2] == "expired" and rows[stuck[0]][5] == []
+    assert all(rows[p][2] == "delivered" and not rows[p][3] and len(rows[p][5]) == 1 for p in stuck[1:])
+    assert resends_and_audit(db_url) == ({p: 1 for p in stuck[1:]} | {stuck[0]: 0, fresh: 0}, 5)
+
+
+def expire(url: str, payment_id: str, now: dt.datetime) -> None:
+    """The token of this payment's SMS runs out (as time passing while the daemon is down would do)."""
+    pool = DBPool(reactor, make_engine(url), 1)  # type: ignore[arg-type]
+
+    def update(s: Any) -> None:
+        row = s.scalars(select(SmsMessage).where(SmsMessage.payment_id == payment_id)).one()
+        row.expires_at = now - dt.timedelta(seconds=1)
+
+    try:
+        pool.run_blocking(update)
+    finally:
+        pool.engine.dispose()
+
+
+def resends_and_audit(url: str) -> tuple[dict[str | None, int], int]:
+    """(payment id -> resends of its SMS, audit entries of crash recoveries)."""
+    pool = DBPool(reactor, make_engine(url), 1)  # type: ignore[arg-type]
+
+    def read(s: Any) -> tuple[dict[str | None, int], int]:
+        resends = {m.payment_id: m.resends for m in s.scalars(select(SmsMessage))}
+        audited = s.scalar(
+            select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "sms.crash-recovery")
+        )
+        return resends, int(audited)
+
+    try:
+        return pool.run_blocking(read)
+    finally:
+        pool.engine.dispose()
 
 
 # ---------------------------------------------------------------------------------------------------------

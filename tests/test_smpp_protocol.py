@@ -280,3 +280,22 @@ def test_smsc_unbind(h: Harness) -> None:
     assert h.transport.value() == codec.encode_header_only(0x80000006, 12)
     assert h.protocol.state is SessionState.UNBINDING
     assert h.transport.disconnecting
+
+
+def test_a_request_written_from_a_timeout_errback_leaves_one_timer(h: Harness) -> None:
+    """The worker sends a message again from the errback of its timed-out copy: one timer must cover
+    both, or the second is never cancelled (and the connection's teardown leaves it behind)."""
+    h.bind()
+    again: list[Deferred[codec.Pdu]] = []
+
+    def resend(failure: Failure) -> None:
+        failure.trap(NoResponse)
+        again.append(h.protocol.submit_sm(SUBMIT))
+
+    h.protocol.submit_sm(SUBMIT).addErrback(resend)
+    h.written()
+    h.clock.advance(10)
+    assert len(again) == 1 and len(h.written()) == 1
+    timers = [c for c in h.clock.getDelayedCalls() if "_expire_requests" in repr(c)]
+    assert len(timers) == 1
+    again[0].addErrback(lambda f: f.trap(NoResponse))

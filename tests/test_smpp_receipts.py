@@ -83,8 +83,8 @@ def test_message_state_tlv_wins() -> None:
 def test_handler_applies_and_acknowledges() -> None:
     outbox = FakeOutbox()
     sms = outbox.queue()
-    outbox.claim("w", 1)
-    outbox.mark_submitted(sms.sms_id, ["2329"], "smsc1")
+    outbox.claim("w", 1, 40.0)
+    outbox.mark_submitted("w", sms.sms_id, ["2329"], "smsc1", 0)
     (pdu,) = codec.SmppCodec().receive_data(NODE_RECEIPT)
     assert isinstance(pdu, codec.Pdu)
     status = ReceiptHandler(outbox, "t-apply")(pdu)
@@ -95,8 +95,8 @@ def test_handler_applies_and_acknowledges() -> None:
 def test_decimal_text_id_matched_as_hex() -> None:
     outbox = FakeOutbox()
     sms = outbox.queue()
-    outbox.claim("w", 1)
-    outbox.mark_submitted(sms.sms_id, ["2329"], "smsc1")  # 0x2329 == 9001
+    outbox.claim("w", 1, 40.0)
+    outbox.mark_submitted("w", sms.sms_id, ["2329"], "smsc1", 0)  # 0x2329 == 9001
     ReceiptHandler(outbox, "t-dec")(deliver(b"id:9001 sub:001 dlvrd:001 stat:DELIVRD err:000"))
     assert outbox.records[sms.sms_id].state is SmsState.DELIVERED
 

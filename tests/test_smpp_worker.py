@@ -7,11 +7,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from twisted.internet import task
 from twisted.logger import LogLevel, globalLogPublisher
 
 from idtronic_tel.config_schema import SmppBindConfig, SmppConfig
-from idtronic_tel.core.ports import SmsState
+from idtronic_tel.core.ports import MAX_RESENDS, SmsState
 from idtronic_tel.smpp import codec
 from idtronic_tel.smpp.service import SmppService, makeSmppService
 from tests.fakes_smpp import FakeConnection, FakeEndpoint, FakeOutbox
@@ -80,6 +81,10 @@ def world() -> Iterator[World]:
 
 def submits(pdus: list[codec.Pdu]) -> list[codec.Pdu]:
     return [p for p in pdus if p.command == "submit_sm"]
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def test_submit_and_mark_submitted_after_resp(world: World) -> None:
@@ -187,20 +192,42 @@ def test_permanent_error_is_undeliverable(world: World) -> None:
     world.stop([conn])
 
 
-def test_timeout_is_in_doubt_never_resent(world: World) -> None:
+def test_timeout_sends_the_same_text_again_and_counts_it(world: World) -> None:
     sms = world.outbox.queue()
+    before = sample("idtronic_smpp_resends_total", cause="interrupted")
     world.start()
     conn = world.conn()
-    assert len(submits(conn.read())) == 1
-    world.clock.advance(10)
+    (first,) = submits(conn.read())
+    world.clock.advance(10)  # no submit_sm_resp within response_timeout
+    (again,) = submits(conn.read())
+    assert again.body.short_message == first.body.short_message == sms.text.encode()
+    assert again.sequence != first.sequence
+    conn.answer([again])
+    conn.answer([first])  # the late answer to the first copy matches no request any more
     record = world.outbox.records[sms.sms_id]
-    assert record.state is SmsState.SUBMITTED and record.in_doubt
-    world.clock.advance(10)
-    assert not submits(conn.read())
+    assert (record.state, record.in_doubt, record.resends, record.claims) == (SmsState.SUBMITTED, False, 1, 1)
+    assert record.message_ids == ["2329"]
+    assert sample("idtronic_smpp_resends_total", cause="interrupted") == before + 1
     world.stop([conn])
 
 
-def test_connection_lost_mid_window() -> None:
+def test_copies_that_never_get_an_answer_stop_at_max_resends(world: World) -> None:
+    sms = world.outbox.queue()
+    world.start()
+    conn = world.conn()
+    for _ in range(MAX_RESENDS + 1):
+        assert len(submits(conn.read())) == 1
+        world.clock.advance(10)
+    assert not submits(conn.read())
+    record = world.outbox.records[sms.sms_id]
+    assert (record.state, record.in_doubt, record.resends) == (SmsState.SUBMITTED, True, MAX_RESENDS)
+    world.clock.advance(10)
+    assert not submits(conn.read())
+    conn.answer([p for p in conn.read() if p.command == "enquire_link"])
+    world.stop([conn])
+
+
+def test_connection_lost_mid_window_sends_the_unanswered_again_after_reconnect() -> None:
     w = World(binds=[SmppBindConfig(name="smsc1", endpoint="tcp:a:1", max_tps=1000, window=10)])
     w.outbox.queue_many(10)
     w.start()
@@ -208,11 +235,17 @@ def test_connection_lost_mid_window() -> None:
     written = submits(conn.read())
     conn.answer(written[:4])
     conn.drop()
-    states = [(r.state, r.in_doubt) for r in w.outbox.records.values()]
-    assert states == [(SmsState.SUBMITTED, False)] * 4 + [(SmsState.SUBMITTED, True)] * 6
-    assert all(r.claims == 1 for r in w.outbox.records.values())
+    states = [(r.state, r.resends) for r in w.outbox.records.values()]
+    # Not given back: the six are kept, in order, for the bind's return (they may have arrived).
+    assert states == [(SmsState.SUBMITTED, 0)] * 4 + [(SmsState.QUEUED, 1)] * 6
     w.clock.advance(1.5)  # reconnect: backoff 1 s x 1.5, no jitter
-    w.conn().answer(w.conn().read())
+    w.conn().answer(w.conn().read())  # bind
+    w.clock.advance(0.5)  # the next poll claims them again
+    again = submits(w.conn().read())
+    assert [p.body.short_message for p in again] == [p.body.short_message for p in written[4:]]
+    w.conn().answer(again)
+    assert w.outbox.states() == {SmsState.SUBMITTED: 10}
+    assert [r.resends for r in w.outbox.records.values()] == [0] * 4 + [1] * 6
     w.stop([w.conn()])
 
 
@@ -224,10 +257,174 @@ def test_no_bind_gives_unwritten_messages_back() -> None:
     assert len(submits(conn.read())) == 2  # 1/s, burst 2: the third waits for a token
     conn.answer(conn.received[-1:])  # the second is accepted, the first stays unanswered
     conn.drop()
-    states = sorted((r.state.value, r.in_doubt) for r in w.outbox.records.values())
-    assert states == [("queued", False), ("submitted", False), ("submitted", True)]
-    assert [c[0] for c in w.outbox.calls].count("mark_retry") == 1
+    states = [(r.state.value, r.resends) for r in w.outbox.records.values()]
+    assert states == [("queued", 1), ("submitted", 0), ("queued", 0)]
+    assert [c[0] for c in w.outbox.calls].count("mark_retry") == 2
     w.stop([])
+
+
+def test_long_message_whose_bind_drops_between_parts_goes_whole_on_another_bind() -> None:
+    w = World(
+        binds=[
+            SmppBindConfig(name="a", endpoint="tcp:a:1", max_tps=1000),
+            SmppBindConfig(name="b", endpoint="tcp:b:1", max_tps=1000),
+        ]
+    )
+    w.start()
+    a, b = w.conn("tcp:a:1"), w.conn("tcp:b:1")
+    sms = w.outbox.queue(text="x" * 300)
+    first, second = submits(a.read()) or submits(b.read())
+    on_a = bool(a.received and submits(a.received))
+    here, there = (a, b) if on_a else (b, a)
+    here.answer([first])
+    here.drop()  # part 2 is lost with the link
+    parts = submits(there.read())
+    assert [p.body.short_message for p in parts] == [first.body.short_message, second.body.short_message]
+    there.answer(parts)
+    record = w.outbox.records[sms.sms_id]
+    assert record.state is SmsState.SUBMITTED and record.resends == 2  # two parts written twice
+    assert record.bind == ("b" if on_a else "a")
+    w.clock.advance(1.5)
+    w.conn("tcp:a:1" if on_a else "tcp:b:1").answer(w.conn("tcp:a:1" if on_a else "tcp:b:1").read())
+    w.stop([w.conn("tcp:a:1"), w.conn("tcp:b:1")])
+
+
+def test_restart_sends_again_what_the_previous_run_left_in_flight() -> None:
+    w = World()
+    left = w.outbox.queue(text="left 111111")
+    expired = w.outbox.queue(text="expired 222222", lifetime=30)
+    tired = w.outbox.queue(text="tired 333333")
+    for sms in (left, expired, tired):
+        record = w.outbox.records[sms.sms_id]
+        record.state, record.claimed_by = SmsState.SENDING, "w1"  # the crashed run's claims
+    w.outbox.records[tired.sms_id].resends = MAX_RESENDS
+    w.clock.advance(30)
+    before = sample("idtronic_smpp_resends_total", cause="crash")
+    w.start()
+    conn = w.conn()
+    (again,) = submits(conn.read())
+    assert again.body.short_message == b"left 111111"
+    conn.answer([again])
+    records = w.outbox.records
+    assert (records[left.sms_id].state, records[left.sms_id].resends) == (SmsState.SUBMITTED, 1)
+    assert records[expired.sms_id].state is SmsState.EXPIRED
+    assert (records[tired.sms_id].state, records[tired.sms_id].in_doubt) == (SmsState.SUBMITTED, True)
+    assert sample("idtronic_smpp_resends_total", cause="crash") == before + 1
+    w.stop([conn])
+
+
+def test_stale_claims_of_a_dead_daemon_are_sent_again_live_ones_are_not() -> None:
+    w = World()
+    dead = w.outbox.queue(text="dead 111111")
+    alive = w.outbox.queue(text="alive 222222")
+    w.outbox.claim("w2", 2, 40.0)
+    w.start()
+    conn = w.conn()
+    assert not submits(conn.read())
+    written = []
+    for _ in range(9):  # "w2" keeps renewing the lease of `alive` only
+        w.outbox.renew("w2", [alive.sms_id], 40.0)
+        w.clock.advance(5)
+        pdus = conn.read()
+        conn.answer([p for p in pdus if p.command == "enquire_link"])
+        written += [(w.clock.seconds() - 1_800_000_000, p) for p in submits(pdus)]
+    ((when, taken),) = written
+    assert when == 45  # w2 claimed at 0 for 40 s: stale past 40, found by the renewal at 45
+    assert taken.body.short_message == b"dead 111111"
+    conn.answer([taken])
+    assert w.outbox.records[dead.sms_id].claimed_by == "w1"
+    assert (w.outbox.records[dead.sms_id].resends, w.outbox.records[dead.sms_id].state) == (
+        1,
+        SmsState.SUBMITTED,
+    )
+    assert w.outbox.records[alive.sms_id].state is SmsState.SENDING
+    w.stop([conn])
+
+
+def test_no_part_is_written_unless_the_lease_outlasts_its_response() -> None:
+    w = World(binds=[SmppBindConfig(name="smsc1", endpoint="tcp:a:1", max_tps=1, window=40)])
+    w.outbox.queue_many(40)
+    w.start()  # t0: all forty claimed at once, leased for 10 + 30 s
+    conn = w.conn()
+    w.outbox.down.add("renew")  # the database stops answering this worker's renewals
+    sent = len(w.serve(conn))
+    for _ in range(35):
+        w.clock.advance(1)
+        sent += len(w.serve(conn))
+    # Two at t0 (the bucket's burst), then one a second until t0 + 25 s: never later.
+    assert sent == 27
+    w.outbox.down.clear()
+    w.clock.advance(5)  # the next renewal confirms the leases: sending resumes
+    assert len(w.serve(conn)) == 2  # the bucket's burst again
+    w.stop([conn])
+
+
+def test_a_claim_taken_over_by_another_daemon_is_not_sent_from_here() -> None:
+    w = World(binds=[SmppBindConfig(name="smsc1", endpoint="tcp:a:1", max_tps=0.1, window=10)])
+    w.outbox.queue_many(5)
+    w.start()
+    conn = w.conn()
+    assert len(w.serve(conn)) == 2  # the burst; three wait for rate tokens (one per 10 s)
+    for record in list(w.outbox.records.values())[2:]:
+        record.claimed_by = "w2"  # lease ran out while our renewals failed; w2 took them
+    w.clock.advance(5)  # the renewal learns it
+    for _ in range(30):
+        w.clock.advance(1)
+        assert not submits(conn.read())
+    assert [r.state for r in w.outbox.records.values()] == [SmsState.SUBMITTED] * 2 + [SmsState.SENDING] * 3
+    w.stop([conn])
+
+
+def test_records_are_retried_until_the_database_answers(world: World) -> None:
+    sms = world.outbox.queue()
+    world.start()
+    conn = world.conn()
+    world.outbox.down.add("mark_submitted")
+    conn.answer(submits(conn.read()))
+    assert world.outbox.records[sms.sms_id].state is SmsState.SENDING
+    world.clock.advance(0.5)
+    world.clock.advance(1)
+    assert [c for c in world.outbox.calls if c == ("down", "mark_submitted")] == [
+        ("down", "mark_submitted")
+    ] * 3
+    world.outbox.down.clear()
+    world.clock.advance(2)
+    assert world.outbox.records[sms.sms_id].state is SmsState.SUBMITTED
+    world.stop([conn])
+
+
+def test_recover_is_retried_until_the_database_answers() -> None:
+    w = World()
+    w.outbox.queue()
+    w.outbox.down.add("recover")
+    w.start()
+    conn = w.conn()
+    w.clock.advance(2)
+    assert not submits(conn.read())
+    w.outbox.down.clear()
+    w.clock.advance(2)
+    conn.answer(submits(conn.read()))
+    assert w.outbox.states() == {SmsState.SUBMITTED: 1}
+    w.stop([conn])
+
+
+def test_claims_stay_within_the_windows_while_records_are_late() -> None:
+    w = World(binds=[SmppBindConfig(name="smsc1", endpoint="tcp:a:1", max_tps=1000, window=10)])
+    w.outbox.queue_many(50)
+    w.start()
+    conn = w.conn()
+    w.outbox.down.add("mark_submitted")
+    for _ in range(20):
+        w.serve(conn)
+        w.clock.advance(0.01)
+    # Ten accepted, none recorded: a crash now could leave at most ten on the wire.
+    assert w.outbox.states() == {SmsState.SENDING: 10, SmsState.QUEUED: 40}
+    w.outbox.down.clear()
+    for _ in range(200):
+        w.serve(conn)
+        w.clock.advance(0.05)
+    assert w.outbox.states() == {SmsState.SUBMITTED: 50}
+    w.stop([conn])
 
 
 def test_expired_right_before_writing_is_never_sent() -> None:

@@ -21,7 +21,7 @@ from .db import DBPool
 from .errors import PaymentRefused
 from .merchants import MerchantAuth
 from .models import CallbackRequest, Cardholder, Payment, SmsMessage
-from .ports import CallbackJob, CallOutcome, DigitsVerdict, IvrCall, OutgoingSms, SmsState
+from .ports import CallbackJob, CallOutcome, DigitsVerdict, IvrCall, OutgoingSms, Recovered, SmsState
 from .rules import Rules
 from .states import CallbackState, EndReason
 
@@ -228,12 +228,12 @@ class Core:
         return self.pool.run(lambda s: s.scalar(select(1)) == 1)
 
     def housekeeping(self) -> Deferred[dict[str, int]]:
-        """Stale call attempts and SMS claims (dead daemon, lost AMI event) and the voice fallback."""
+        """Stale call attempts (dead daemon, lost AMI event) and the voice fallback. Stale SMS claims are
+        the SMPP workers' business (they know which claims are their own): SmsOutbox.recover_stale."""
 
         def both(s: Session, rules: Rules) -> dict[str, int]:
             return {
                 "stale_attempts": callbacks.resolve_stale(s, rules),
-                "stale_sms_claims": outbox.recover_stale(s, rules),
                 "voice_fallbacks": callbacks.schedule_voice_fallbacks(s, rules),
             }
 
@@ -270,26 +270,49 @@ class CoreSmsOutbox:
     def __init__(self, core: Core) -> None:
         self._core = core
 
-    def claim(self, worker: str, limit: int) -> Deferred[list[OutgoingSms]]:
-        return self._core._run(outbox.claim, worker, limit)
+    def claim(self, worker: str, limit: int, lease: float) -> Deferred[list[OutgoingSms]]:
+        return self._core._run(outbox.claim, worker, limit, lease)
 
-    def mark_submitted(self, sms_id: int, message_ids: list[str], bind: str) -> Deferred[None]:
-        return self._core._run(outbox.mark_submitted, sms_id, message_ids, bind)
+    def renew(self, worker: str, sms_ids: list[int], lease: float) -> Deferred[list[int]]:
+        return self._core._run(outbox.renew, worker, sms_ids, lease)
 
-    def mark_retry(self, sms_id: int, reason: str) -> Deferred[None]:
-        return self._core._run(outbox.mark_retry, sms_id, reason)
+    def mark_submitted(
+        self, worker: str, sms_id: int, message_ids: list[str], bind: str, resends: int
+    ) -> Deferred[None]:
+        return self._core._run(outbox.mark_submitted, worker, sms_id, message_ids, bind, resends)
 
-    def mark_undeliverable(self, sms_id: int, reason: str) -> Deferred[None]:
-        return self._core._run(outbox.finish, sms_id, SmsState.UNDELIVERABLE, reason)
+    def mark_retry(self, worker: str, sms_id: int, reason: str, resends: int) -> Deferred[None]:
+        return self._core._run(outbox.mark_retry, worker, sms_id, reason, resends)
 
-    def mark_expired(self, sms_id: int) -> Deferred[None]:
-        return self._core._run(outbox.finish, sms_id, SmsState.EXPIRED, "token expired before sending")
+    def mark_undeliverable(self, worker: str, sms_id: int, reason: str, resends: int) -> Deferred[None]:
+        return self._finish(worker, sms_id, SmsState.UNDELIVERABLE, reason, resends)
 
-    def mark_in_doubt(self, sms_id: int, reason: str) -> Deferred[None]:
-        return self._core._run(outbox.finish, sms_id, SmsState.SUBMITTED, "in doubt: " + reason, True)
+    def mark_expired(self, worker: str, sms_id: int, resends: int) -> Deferred[None]:
+        return self._finish(worker, sms_id, SmsState.EXPIRED, "token expired before sending", resends)
 
-    def recover(self, worker: str) -> Deferred[int]:
-        return self._core._run(outbox.recover, worker)
+    def mark_in_doubt(self, worker: str, sms_id: int, reason: str, resends: int) -> Deferred[None]:
+        return self._finish(worker, sms_id, SmsState.SUBMITTED, "in doubt: " + reason, resends, True)
+
+    def _finish(
+        self, worker: str, sms_id: int, state: SmsState, reason: str, resends: int, in_doubt: bool = False
+    ) -> Deferred[None]:
+        return self._core._run(outbox.finish, worker, sms_id, state, reason, resends, in_doubt)
+
+    def recover(self, worker: str) -> Deferred[Recovered]:
+        return self._then_requeued(self._core._run(outbox.recover, worker))
+
+    def recover_stale(self, worker: str) -> Deferred[Recovered]:
+        return self._then_requeued(self._core._run(outbox.recover_stale, worker))
+
+    def _then_requeued(self, d: Deferred[Recovered]) -> Deferred[Recovered]:
+        """Messages put back in the queue are work for every worker of this process."""
+
+        def wake(found: Recovered) -> Recovered:
+            if found.resent:
+                self._core.sms_signal.fire()
+            return found
+
+        return d.addCallback(wake)
 
     def apply_receipt(self, message_id: str, state: str) -> Deferred[bool]:
         return self._core._run(outbox.apply_receipt, message_id, state)

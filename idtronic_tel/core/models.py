@@ -177,6 +177,10 @@ class SmsMessage(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     claimed_by: Mapped[str | None] = mapped_column(String(100))
     claimed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    # While SENDING: the claimer renews this; past it, the claim is stale (its daemon is gone).
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    # Copies sent again after a write whose response never came (crash, lost link, timeout).
+    resends: Mapped[int] = mapped_column(Integer, server_default="0")
     submitted_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     bind: Mapped[str | None] = mapped_column(String(100))

@@ -32,6 +32,11 @@ class SmsState(enum.StrEnum):
     EXPIRED = "expired"  # the token expired before the message could leave, or the SMSC expired it
 
 
+# A message whose copies went unanswered this many times more is not sent again: an SMSC that swallows it
+# every time (or a daemon that dies on it every time) would otherwise send the cardholder a copy per try.
+MAX_RESENDS = 3
+
+
 @dataclass(frozen=True)
 class OutgoingSms:
     sms_id: int
@@ -39,39 +44,64 @@ class OutgoingSms:
     text: str  # the whole message; it carries a token: never log it
     expires_at: datetime  # UTC, timezone-aware; the message must not leave after this
     purpose: str  # "payment" | "profile" | "notice"
+    resends: int = 0  # copies already sent again after an unanswered write (crash, lost link, timeout)
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """Claims found left on the wire (SENDING) by a daemon that is gone."""
+
+    resent: int = 0  # back to QUEUED, to be sent again (token still valid)
+    expired: int = 0  # token expired meanwhile: EXPIRED, never sent late
+    in_doubt: int = 0  # already sent MAX_RESENDS times more: SUBMITTED, in doubt
+
+    def __bool__(self) -> bool:
+        return bool(self.resent or self.expired or self.in_doubt)
 
 
 class SmsOutbox(Protocol):
-    def claim(self, worker: str, limit: int) -> Deferred[list[OutgoingSms]]:
-        """Move up to `limit` queued messages, oldest first, to SENDING for `worker`.
+    """Claims are leased: a claim holds its messages until `lease_until`, which the claiming worker renews
+    while it holds them. Every mark_* applies only while the message is SENDING and claimed by `worker`
+    (a claim taken over by another daemon is no longer the first worker's to record)."""
+
+    def claim(self, worker: str, limit: int, lease: float) -> Deferred[list[OutgoingSms]]:
+        """Move up to `limit` queued messages, oldest first, to SENDING for `worker`, leased for `lease`
+        seconds.
 
         Several daemons may claim at once (PostgreSQL: FOR UPDATE SKIP LOCKED): a message is returned to
         one worker only. Messages whose token expired are marked EXPIRED and never returned. While the
         service is suspended nothing is returned.
         """
 
-    def mark_submitted(self, sms_id: int, message_ids: list[str], bind: str) -> Deferred[None]:
+    def renew(self, worker: str, sms_ids: list[int], lease: float) -> Deferred[list[int]]:
+        """Extend the lease of these claims to now + `lease`; the ids `worker` still holds."""
+
+    def mark_submitted(
+        self, worker: str, sms_id: int, message_ids: list[str], bind: str, resends: int
+    ) -> Deferred[None]:
         """Every part was accepted (submit_sm_resp status 0); one SMSC message_id per part, in order."""
 
-    def mark_retry(self, sms_id: int, reason: str) -> Deferred[None]:
-        """Not sent (no bind, throttled, transient error before any write): back to QUEUED, order kept."""
+    def mark_retry(self, worker: str, sms_id: int, reason: str, resends: int) -> Deferred[None]:
+        """Not finished here (no bind, throttled, stopping, written but unanswered): back to QUEUED, order
+        kept. `resends` counts the copy the next send repeats, when one may have arrived already."""
 
-    def mark_undeliverable(self, sms_id: int, reason: str) -> Deferred[None]:
+    def mark_undeliverable(self, worker: str, sms_id: int, reason: str, resends: int) -> Deferred[None]:
         """Permanent SMSC error: the payment shows sms=undeliverable."""
 
-    def mark_expired(self, sms_id: int) -> Deferred[None]:
+    def mark_expired(self, worker: str, sms_id: int, resends: int) -> Deferred[None]:
         """The token expired while the message waited in the worker (never sent late)."""
 
-    def mark_in_doubt(self, sms_id: int, reason: str) -> Deferred[None]:
-        """submit_sm was written but no response came (timeout, link lost, crash).
+    def mark_in_doubt(self, worker: str, sms_id: int, reason: str, resends: int) -> Deferred[None]:
+        """Written MAX_RESENDS + 1 times without a response: shown `submitted` (in doubt), not sent again.
+        The merchant's `resend` draws a fresh code if the cardholder says nothing came."""
 
-        Policy for one-time codes: the same code is never sent twice automatically (the cardholder would get
-        two copies and we cannot know whether the first arrived). The message is shown as `submitted`; the
-        merchant's `resend` draws a fresh code if the cardholder says nothing came.
-        """
+    def recover(self, worker: str) -> Deferred[Recovered]:
+        """At start-up: what this worker's previous run left in SENDING (it crashed). Each is sent again
+        while its token is valid (same text, same code: a duplicate is harmless, a loss blocks the
+        purchase), counted in `resends` and the audit log; an expired one is EXPIRED."""
 
-    def recover(self, worker: str) -> Deferred[int]:
-        """At start-up: messages this worker left in SENDING (crash) are resolved by mark_in_doubt."""
+    def recover_stale(self, worker: str) -> Deferred[Recovered]:
+        """The same for other workers' claims whose lease ran out (their daemon is gone)."""
 
     def apply_receipt(self, message_id: str, state: str) -> Deferred[bool]:
         """A delivery receipt for one part: state is one of SmsState's values (delivered, undeliverable,

@@ -40,6 +40,7 @@ ESME_RINVSYSID: Final = 0x0000000F
 ESME_RMSGQFUL: Final = 0x00000014
 ESME_RTHROTTLED: Final = 0x00000058
 ESME_RX_T_APPN: Final = 0x00000064
+ESME_RINVOPTPARSTREAM: Final = 0x000000C0
 
 GENERIC_NACK: Final = 0x80000000
 RESPONSE_BIT: Final = 0x80000000
@@ -75,11 +76,14 @@ class Pdu:
 
 @dataclass(frozen=True, slots=True)
 class Undecodable:
-    """A PDU that was framed but could not be decoded: answer it with generic_nack(status, sequence)."""
+    """A PDU that was framed but could not be decoded: answer it with `error_response(event)`."""
 
     command_id: int
     sequence: int
-    status: int  # ESME_RINVCMDID (unknown command) or ESME_RINVCMDLEN (body does not parse)
+    # ESME_RINVCMDID (unknown command), ESME_RINVCMDLEN (a mandatory parameter cut short, or a body that
+    # does not parse), ESME_RINVMSGLEN (short_message shorter than sm_length), ESME_RINVOPTPARSTREAM (a
+    # TLV cut short or of the wrong length)
+    status: int
     reason: str
 
 
@@ -171,6 +175,9 @@ class SmppCodec:
 
 # smpplib's get_command_name walks its table for every PDU; the reverse mapping, once.
 _COMMAND_NAMES: Final[dict[int, str]] = {code: name for name, code in command_codes.commands.items()}
+_TLV_NAMES: Final[dict[int, str]] = {tag: name for name, tag in smpplib_consts.OPTIONAL_PARAMS.items()}
+# Requests that take no response (SMPP 3.4 §4.12): an undecodable one is not answered either.
+NO_RESPONSE_COMMANDS: Final = frozenset({"alert_notification", "outbind"})
 
 
 def decode(raw: bytes) -> Pdu | Undecodable:
@@ -181,6 +188,12 @@ def decode(raw: bytes) -> Pdu | Undecodable:
         return Undecodable(command_id, sequence, ESME_RINVCMDID, f"unknown command_id 0x{command_id:08x}")
     try:
         body = _fresh_body(name)
+        # SMPP 3.4 §3.3: a response with an error status may come without its body (and some SMSCs
+        # drop the body of an OK one too: its message_id is then empty, as before).
+        if not command_id & RESPONSE_BIT or len(raw) > HEADER_LENGTH:
+            problem = _layout_problem(body, raw, HEADER_LENGTH)
+            if problem is not None:
+                return Undecodable(command_id, sequence, problem[0], f"{name}: {problem[1]}")
         body.parse(raw)
     except Exception as exc:
         # smpplib raises a variety of things on truncated or inconsistent bodies (struct.error, KeyError,
@@ -188,6 +201,56 @@ def decode(raw: bytes) -> Pdu | Undecodable:
         status_for = ESME_RINVCMDID if _is_unsupported(exc) else ESME_RINVCMDLEN
         return Undecodable(command_id, sequence, status_for, f"{name}: {type(exc).__name__}")
     return Pdu(name, command_id, status, sequence, body)
+
+
+def _layout_problem(body: Any, raw: bytes, pos: int) -> tuple[int, str] | None:
+    """What is wrong with the layout of a body, as (status, reason); None when every mandatory parameter
+    is whole and the TLVs fill the rest exactly. smpplib's parser accepts a body that stops anywhere (the
+    missing fields are left unset): a truncated deliver_sm would pass for a message with esm_class 0."""
+    end = len(raw)
+    values: dict[str, int] = {}
+    for name in body.params_order:
+        if name not in body.mandatory_fields:
+            break
+        param = body.params[name]
+        if param.type is int:
+            if pos + param.size > end:
+                return ESME_RINVCMDLEN, f"{name} cut short"
+            values[name] = int.from_bytes(raw[pos : pos + param.size])
+            pos += param.size
+        elif param.type is str:  # C-Octet String: up to and with its NUL
+            nul = raw.find(b"\0", pos)
+            if nul < 0:
+                return ESME_RINVCMDLEN, f"{name} without its NUL"
+            pos = nul + 1
+        else:  # Octet String, its length in an earlier parameter
+            length = values.get(param.len_field, 0)
+            if pos + length > end:
+                return ESME_RINVMSGLEN, f"{name} shorter than {param.len_field}={length}"
+            pos += length
+    while pos < end:
+        if end - pos < 4:
+            return ESME_RINVOPTPARSTREAM, "TLV header cut short"
+        tag, length = struct.unpack_from(">HH", raw, pos)
+        pos += 4 + length
+        if pos > end:
+            return ESME_RINVOPTPARSTREAM, f"TLV 0x{tag:04x} cut short"
+        param = body.params.get(_TLV_NAMES.get(tag))
+        if param is not None and param.type is int and length != param.size:
+            # smpplib would read `size` octets and lose its place in the stream
+            return ESME_RINVOPTPARSTREAM, f"TLV 0x{tag:04x} of length {length}, not {param.size}"
+    return None
+
+
+def error_response(event: Undecodable) -> bytes | None:
+    """The answer to an undecodable PDU: generic_nack for an unknown command (SMPP 3.4 §2.3); for a known
+    request, its own response with the error status (§3.3: without a body); nothing for a response or a
+    command that takes none (its requester's timeout deals with it)."""
+    if event.status == ESME_RINVCMDID and event.command_id not in _COMMAND_NAMES:
+        return generic_nack(event.sequence, event.status)
+    if event.command_id & RESPONSE_BIT or _COMMAND_NAMES.get(event.command_id) in NO_RESPONSE_COMMANDS:
+        return None
+    return encode_header_only(event.command_id | RESPONSE_BIT, event.sequence, event.status)
 
 
 def _declare_mandatory_fields(pdu: Any) -> None:

@@ -33,7 +33,7 @@ class RequestFailed(SmppError):
 class NoResponse(SmppError):
     """The request was written but its response never came: timeout, or the connection went away.
 
-    For submit_sm this means "in doubt": the SMSC may or may not have accepted the message."""
+    For submit_sm: the SMSC may or may not have accepted the message (the worker sends it again)."""
 
     def __init__(self, command: str, why: str) -> None:
         super().__init__(f"{command}: no response ({why})")

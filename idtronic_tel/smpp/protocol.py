@@ -34,7 +34,7 @@ _UNBIND: Final = 0x00000006
 _UNBIND_RESP: Final = 0x80000006
 _ENQUIRE_LINK: Final = 0x00000015
 _DELIVER_SM_RESP: Final = 0x80000005
-_NO_RESPONSE_COMMANDS: Final = frozenset({"alert_notification"})
+
 
 DeliverHandler = Callable[[codec.Pdu], "Deferred[int]"]
 
@@ -147,20 +147,25 @@ class SmppClientProtocol(Protocol):
     def _expire_requests(self) -> None:
         self._timeout_call = None
         now = self.clock.seconds()
+        expired: list[tuple[int, _Pending]] = []
         while self._pending:
             sequence, oldest = next(iter(self._pending.items()))
             if oldest.deadline > now:
                 self._timeout_call = self.clock.callLater(oldest.deadline - now, self._expire_requests)
-                return
+                break
             del self._pending[sequence]
+            expired.append((sequence, oldest))
+        # Only now: an errback may write a new request (the worker sends the message again), which must
+        # find the timer set, or set the only one.
+        for sequence, request in expired:
             self.log.warn(
                 "SMPP {label}: no response to {command} seq={sequence} within {timeout}s",
                 label=self.label,
-                command=oldest.command,
+                command=request.command,
                 sequence=sequence,
                 timeout=self.settings.response_timeout,
             )
-            oldest.deferred.errback(NoResponse(oldest.command, "timeout"))
+            request.deferred.errback(NoResponse(request.command, "timeout"))
 
     def bind(self, mode: str) -> Deferred[str]:
         """Bind as `mode` (transceiver, transmitter, receiver). Fires with the SMSC's system_id; fails
@@ -226,13 +231,15 @@ class SmppClientProtocol(Protocol):
             if isinstance(event, codec.Pdu):
                 self._pdu_received(event)
             elif isinstance(event, codec.Undecodable):
+                answer = codec.error_response(event)
                 self.log.warn(
-                    "SMPP {label}: undecodable PDU ({reason}), generic_nack {status}",
+                    "SMPP {label}: undecodable PDU ({reason}), answered {status}",
                     label=self.label,
                     reason=event.reason,
-                    status=status_name(event.status),
+                    status=status_name(event.status) if answer else "nothing",
                 )
-                self._write(codec.generic_nack(event.sequence, event.status))
+                if answer is not None:
+                    self._write(answer)
             else:
                 self._drop(event.reason)
                 return
@@ -255,7 +262,7 @@ class SmppClientProtocol(Protocol):
             self._write(codec.encode_header_only(_UNBIND_RESP, pdu.sequence))
             if self.transport is not None:
                 self.transport.loseConnection()
-        elif pdu.command in _NO_RESPONSE_COMMANDS:
+        elif pdu.command in codec.NO_RESPONSE_COMMANDS:
             self.log.debug("SMPP {label}: ignoring {command}", label=self.label, command=pdu.command)
         else:
             self._write(codec.generic_nack(pdu.sequence, codec.ESME_RINVCMDID))

@@ -11,6 +11,12 @@ decimal digits and it matches no message, it is tried once more converted from d
 States. The message_state TLV (0x0427) wins over the text's `stat:` when both are present. DELIVERED ->
 delivered; UNDELIVERABLE, REJECTED, DELETED -> undeliverable; EXPIRED -> expired; ENROUTE, ACCEPTED and
 UNKNOWN are intermediate and ignored (a final receipt follows).
+
+Every receipt is answered. One we cannot use (no id, an id longer than SMPP's 64 octets or with bytes
+outside printable ASCII, or any surprise while reading it) is acknowledged ESME_ROK with a warning and
+`idtronic_smpp_receipts_unparseable_total`: answering an error would make the SMSC deliver it again
+forever. Only a failure to record a good one (database down) asks for redelivery (ESME_RX_T_APPN, by the
+protocol). Nothing of a receipt's text is logged: its `text:` field quotes the message, code included.
 """
 
 from __future__ import annotations
@@ -57,9 +63,15 @@ _MESSAGE_STATE_TLV: Final[dict[int, SmsState | None]] = {
 # hold it: it is A that received it). The deliver_sm_resp waits meanwhile.
 UNKNOWN_RETRY_DELAYS: Final = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2.0)
 _ID_FIELD: Final = re.compile(rb"(?:^|\s)id:(\S+)", re.IGNORECASE)
+MAX_ID_LENGTH: Final = 64  # SMPP 3.4: a message_id is a C-Octet String of at most 65 octets with its NUL
 _STAT_FIELD: Final = re.compile(rb"(?:^|\s)stat:(\w+)", re.IGNORECASE)
 
 RECEIPTS = Counter("idtronic_smpp_receipts_total", "Delivery receipts received", ["bind", "state"])
+UNPARSEABLE_RECEIPTS = Counter(
+    "idtronic_smpp_receipts_unparseable_total",
+    "Delivery receipts acknowledged without being used: no usable message id, or malformed",
+    ["bind"],
+)
 UNKNOWN_RECEIPTS = Counter(
     "idtronic_smpp_receipts_unknown_total", "Delivery receipts whose message id matches no message", ["bind"]
 )
@@ -76,6 +88,20 @@ def normalise_id(raw: str | bytes) -> str:
     return text.lstrip("0") or "0"
 
 
+class UnusableId(ValueError):
+    """A receipt's message id that no submit_sm_resp could have given (see the module's docstring)."""
+
+
+def receipt_id(raw: bytes) -> str:
+    """The canonical form of a receipt's id; UnusableId unless it is 1 to 64 printable ASCII octets."""
+    text = raw.strip(b" \t\r\n\x00")
+    if not 0 < len(text) <= MAX_ID_LENGTH:
+        raise UnusableId(f"message id of {len(text)} octets")
+    if not all(0x21 <= octet <= 0x7E for octet in text):
+        raise UnusableId("message id with octets outside printable ASCII")
+    return normalise_id(text)
+
+
 @dataclass(frozen=True)
 class Receipt:
     message_id: str  # canonical form
@@ -89,18 +115,18 @@ def is_receipt(pdu: codec.Pdu) -> bool:
     return bool(esm_class & ESM_CLASS_RECEIPT_MASK == ESM_CLASS_DELIVERY_RECEIPT)
 
 
-def parse_receipt(pdu: codec.Pdu) -> Receipt | None:
-    """The receipt in a deliver_sm, or None when it carries no message id at all."""
+def parse_receipt(pdu: codec.Pdu) -> Receipt:
+    """The receipt in a deliver_sm; UnusableId when it carries no usable message id."""
     body = pdu.body
     text: bytes = body.short_message or body.message_payload or b""
     tlv_id = body.receipted_message_id
     text_id = _ID_FIELD.search(text)
     if tlv_id:
-        message_id, from_text = normalise_id(tlv_id), False
+        message_id, from_text = receipt_id(tlv_id), False
     elif text_id is not None:
-        message_id, from_text = normalise_id(text_id.group(1)), True
+        message_id, from_text = receipt_id(text_id.group(1)), True
     else:
-        return None
+        raise UnusableId("no message id")
     stat_match = _STAT_FIELD.search(text)
     stat = stat_match.group(1).decode("ascii", "replace").upper() if stat_match else ""
     if body.message_state is not None:
@@ -180,14 +206,16 @@ class ReceiptHandler:
             self.log.info(
                 "SMPP {bind}: mobile-originated message from {source} ignored ({length} octets)",
                 bind=self.bind,
-                source=codec.as_text(pdu.body.source_addr),
+                source=repr(codec.as_text(pdu.body.source_addr)[:24])[1:-1],  # control bytes escaped
                 length=len(pdu.body.short_message or b""),
             )
             return succeed(codec.ESME_ROK)
-        receipt = parse_receipt(pdu)
-        if receipt is None:
-            UNKNOWN_RECEIPTS.labels(self.bind).inc()
-            self.log.warn("SMPP {bind}: receipt without a message id", bind=self.bind)
+        try:
+            receipt = parse_receipt(pdu)
+        except Exception as exc:
+            UNPARSEABLE_RECEIPTS.labels(self.bind).inc()
+            why = str(exc) if isinstance(exc, UnusableId) else type(exc).__name__
+            self.log.warn("SMPP {bind}: receipt acknowledged unused: {why}", bind=self.bind, why=why)
             return succeed(codec.ESME_ROK)
         self._count(receipt.state.value if receipt.state else "intermediate")
         if receipt.state is None:

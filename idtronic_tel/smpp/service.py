@@ -21,7 +21,7 @@ from .worker import OutboxWorker
 class SmppService(MultiService):
     """Starts the binds, then the worker; stops the worker first (it waits for the responses of what it
     wrote), then unbinds every bind. MultiService would stop them all at once, and an unbind racing
-    outstanding submits would turn them into messages in doubt."""
+    outstanding submits would make them go out a second time."""
 
     def __init__(self, binds: list[SmppBind], worker: OutboxWorker) -> None:
         super().__init__()
@@ -78,6 +78,7 @@ def makeSmppService(
         clock,
         worker,
         poll_interval=config.poll_interval,
+        response_timeout=config.response_timeout,
         registered_delivery=config.registered_delivery,
         tracker=tracker,
     )

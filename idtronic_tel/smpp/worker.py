@@ -4,7 +4,8 @@ Rules (see SmsOutbox in core/ports.py):
 * Claim only what the binds' free windows can take, when woken (on_new_work) and every poll_interval; with
   messages in flight, wait until a tenth of the bound windows is free, so that a busy worker claims in
   batches (one database transaction per batch) rather than one message per submit_sm_resp, while its
-  windows stay ~95 % full.
+  windows stay ~95 % full. Claimed but unrecorded messages never exceed the bound windows: that bounds
+  what a crash can leave on the wire, hence the duplicates it can cause.
 * Messages leave in claim order. Each part goes out when a bind has window space and rate tokens; the
   parts of one long message stay on one bind.
 * Right before writing a part: if the token has expired (less than a second left), the message is
@@ -12,9 +13,15 @@ Rules (see SmsOutbox in core/ports.py):
 * A message is mark_submitted (one id per part, in order) only once every part's submit_sm_resp is in.
 * ESME_RTHROTTLED / ESME_RMSGQFUL (and transient SMSC errors): the bind halves its rate and the same part is
   written again, ahead of later messages. Any other error status: mark_undeliverable.
-* A part written whose response never came (timeout, connection lost): mark_in_doubt. The same code is
-  never sent twice automatically.
-* No bind up: messages not yet written go back to the outbox (mark_retry), order kept there.
+* A part written whose response never came (timeout, connection lost) may or may not have reached the
+  phone: it is written again, ahead of later messages, while its token is valid (same text, same code: a
+  duplicate is harmless, a loss blocks the purchase). At most one window per bind is on the wire when a
+  link drops, so each incident duplicates at most that. After MAX_RESENDS copies it is mark_in_doubt.
+* Claims are leased: the lease is renewed every RENEW_INTERVAL, and a part is written only while the
+  lease outlasts its response (plus FENCE_MARGIN). So when another daemon finds the lease run out
+  (recover_stale), nobody is waiting for a response to that message any more.
+* No bind up, or the worker stopping: messages not finished go back to the outbox (mark_retry), order kept
+  there; a failed record is retried until the database answers.
 """
 
 from __future__ import annotations
@@ -22,18 +29,19 @@ from __future__ import annotations
 import enum
 import itertools
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from prometheus_client import Counter
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..core.ports import OutgoingSms, SmsOutbox
+from ..core.ports import MAX_RESENDS, OutgoingSms, Recovered, SmsOutbox
 from ..core.states import Transitions
 from . import codec
 from .binds import BindRouter, SmppBind
@@ -47,7 +55,23 @@ OUTCOMES = Counter(
     "SMS leaving the outbox worker, by outcome (submitted, in_doubt, ...)",
     ["outcome"],
 )
+RESENDS = Counter(
+    "idtronic_smpp_resends",
+    "SMS sent again because an earlier copy may have reached the SMSC unanswered, by cause: crash (left "
+    "in flight by this daemon's previous run), stale_claim (by another daemon that is gone), interrupted "
+    "(timeout or link lost while running)",
+    ["cause"],
+)
 
+# Lease of a claim = response_timeout + LEASE_SLACK, renewed every RENEW_INTERVAL. A part is written only
+# while now + response_timeout + FENCE_MARGIN is inside the last lease confirmed: the margin covers the
+# clock skew between daemons, the slack a database that answers renewals late.
+LEASE_SLACK: Final = 30.0
+RENEW_INTERVAL: Final = 5.0
+FENCE_MARGIN: Final = 5.0
+# A failed record (database unreachable) is tried again after these delays, doubling up to the maximum.
+RECORD_RETRY_FIRST: Final = 0.5
+RECORD_RETRY_MAX: Final = 10.0
 
 _OUTCOME_COUNTERS: dict[str, Any] = {}
 
@@ -71,16 +95,14 @@ class Outcome(enum.IntEnum):
 
 class Phase(enum.Enum):
     STOPPED = "stopped"
-    RECOVERING = "recovering"  # resolving what an earlier run left in SENDING
+    RECOVERING = "recovering"  # queueing again what an earlier run left in SENDING (tried until it works)
     READY = "ready"  # claims whenever the windows have room
     CLAIMING = "claiming"  # one claim in flight
-    HALTED = "halted"  # recovery failed: nothing is sent until a restart
 
 
 class PhaseEvent(enum.Enum):
     START = "start"
     RECOVERED = "recovered"
-    RECOVERY_FAILED = "recovery_failed"
     CLAIM = "claim"
     CLAIMED = "claimed"  # the claim answered (or failed)
     STOP = "stop"
@@ -94,7 +116,6 @@ PHASES = Transitions(
     {
         (_P.STOPPED, _W.START): _P.RECOVERING,
         (_P.RECOVERING, _W.RECOVERED): _P.READY,
-        (_P.RECOVERING, _W.RECOVERY_FAILED): _P.HALTED,
         (_P.READY, _W.CLAIM): _P.CLAIMING,
         (_P.CLAIMING, _W.CLAIMED): _P.READY,
         **{(phase, _W.STOP): _P.STOPPED for phase in Phase},
@@ -107,14 +128,17 @@ PHASES = Transitions(
 class _Job:
     order: int
     sms: OutgoingSms
-    parts: list[EncodedPart]
-    ids: list[str | None]
-    todo: deque[int]  # part indexes still to write
+    lease_base: float  # when the last claim or renewal that covered it started (clock seconds)
+    parts: list[EncodedPart] = field(default_factory=list)
+    ids: list[str | None] = field(default_factory=list)
+    todo: deque[int] = field(default_factory=deque)  # part indexes still to write
+    arrived: list[bool] = field(default_factory=list)  # per part: a copy may have reached the SMSC
+    accepted_ids: list[str] = field(default_factory=list)  # every id accepted, for the tracker
     expires: float = 0.0  # sms.expires_at as a POSIX timestamp
     address: str = ""  # destination_addr
     bind: SmppBind | None = None
     outstanding: int = 0  # parts written, response awaited
-    written: int = 0
+    resends: int = 0
     failure: tuple[Outcome, str] | None = None
     resolved: bool = False
     queued: bool = True  # in the worker's send queue
@@ -123,10 +147,6 @@ class _Job:
         if self.failure is None or outcome > self.failure[0]:
             self.failure = (outcome, reason)
         self.todo.clear()
-
-    def untouched(self) -> bool:
-        """No part accepted and none awaiting its response: giving it back to the outbox is safe."""
-        return self.outstanding == 0 and all(message_id is None for message_id in self.ids)
 
 
 class OutboxWorker(Service):
@@ -141,6 +161,7 @@ class OutboxWorker(Service):
         poll_interval: float = 0.5,
         registered_delivery: bool = True,
         tracker: SubmissionTracker | None = None,
+        response_timeout: float = 10.0,
     ) -> None:
         self.outbox = outbox
         self.tracker = tracker or SubmissionTracker()
@@ -149,9 +170,11 @@ class OutboxWorker(Service):
         self.worker = worker
         self.poll_interval = poll_interval
         self.registered_delivery = registered_delivery
+        self.response_timeout = response_timeout
+        self.lease = response_timeout + LEASE_SLACK
         self.setName(f"smpp-worker:{worker}")
         self._queue: deque[_Job] = deque()
-        self._jobs: set[_Job] = set()  # claimed and not yet resolved
+        self._jobs: set[_Job] = set()  # claimed and not yet recorded
         self._order = itertools.count()
         self.phase = Phase.STOPPED
         self._more_work = True  # the last claim was full, or someone woke us
@@ -159,7 +182,9 @@ class OutboxWorker(Service):
         self._pump_again = False
         self._poll_call: IDelayedCall | None = None
         self._rate_call: IDelayedCall | None = None
+        self._lease_call: IDelayedCall | None = None
         self._recording: set[Deferred[None]] = set()
+        self._sleeping: set[Deferred[None]] = set()
         self._idle_waiters: list[Deferred[None]] = []
         self._registered = False
 
@@ -178,40 +203,71 @@ class OutboxWorker(Service):
             self.router.subscribe(self._binds_changed)
             self._registered = True
         self._move(PhaseEvent.START)
+        Deferred.fromCoroutine(self._recover())
 
-        def recovered(count: int) -> None:
-            if count:
-                self.log.warn(
-                    "SMPP worker {worker}: {count} message(s) left in SENDING resolved as in doubt",
-                    worker=self.worker,
-                    count=count,
-                )
-            if self.phase is Phase.RECOVERING:  # not stopped meanwhile
-                self._move(PhaseEvent.RECOVERED)
-                self._poll()
+    async def _recover(self) -> None:
+        """What this worker's previous run left on the wire goes out again first; tried until the
+        database answers (the daemon may start before it)."""
+        delay = RECORD_RETRY_FIRST
+        while self.phase is Phase.RECOVERING:
+            try:
+                found = await self.outbox.recover(self.worker)
+            except Exception:
+                self.log.failure("SMPP worker {worker}: recover failed; retrying", worker=self.worker)
+                if not await self._sleep(delay):
+                    return
+                delay = min(delay * 2, RECORD_RETRY_MAX)
+                continue
+            self._report(found, "crash")
+            if self.phase is not Phase.RECOVERING:
+                return  # stopped meanwhile
+            self._move(PhaseEvent.RECOVERED)
+            self._poll()
+            self._lease_call = self.clock.callLater(RENEW_INTERVAL, self._tend_leases)
+            return
 
-        def failed(failure: Failure) -> None:
-            if self.phase is Phase.RECOVERING:
-                self._move(PhaseEvent.RECOVERY_FAILED)
-            self.log.failure("SMPP worker {worker}: recover failed; not sending", failure, worker=self.worker)
+    def _report(self, found: Recovered, cause: str) -> None:
+        if not found:
+            return
+        RESENDS.labels(cause).inc(found.resent)
+        _outcome_counter("expired").inc(found.expired)
+        _outcome_counter("in_doubt").inc(found.in_doubt)
+        self.log.warn(
+            "SMPP worker {worker}: SMS left in flight ({cause}): {resent} sent again, {expired} expired, "
+            "{in_doubt} in doubt",
+            worker=self.worker,
+            cause=cause,
+            resent=found.resent,
+            expired=found.expired,
+            in_doubt=found.in_doubt,
+        )
 
-        self.outbox.recover(self.worker).addCallbacks(recovered, failed)
+    async def _sleep(self, delay: float) -> bool:
+        """Wait on the clock; False if the worker stopped meanwhile."""
+        sleep: Deferred[None] = deferLater(self.clock, delay)
+        self._sleeping.add(sleep)
+        try:
+            await sleep
+        except CancelledError:
+            return False
+        finally:
+            self._sleeping.discard(sleep)
+        return bool(self.running)
 
     def stopService(self) -> Deferred[None]:
         """Stop claiming; give back what was not written; wait for the responses of what was."""
         super().stopService()
         self._move(PhaseEvent.STOP)
-        for call in (self._poll_call, self._rate_call):
+        for call in (self._poll_call, self._rate_call, self._lease_call):
             if call is not None and call.active():
                 call.cancel()
-        self._poll_call = self._rate_call = None
+        self._poll_call = self._rate_call = self._lease_call = None
+        for sleep in list(self._sleeping):
+            sleep.cancel()
         queue, self._queue = self._queue, deque()
         for job in queue:
             job.queued = False
-            if job.untouched():
-                job.fail(Outcome.RETRY, "worker stopping")
-            else:
-                job.fail(Outcome.IN_DOUBT, "worker stopped in the middle of a long message")
+            job.fail(Outcome.RETRY, "worker stopping")
             self._maybe_resolve(job)
         return self._when_idle()
 
@@ -227,6 +283,55 @@ class OutboxWorker(Service):
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
+
+    # -- leases -------------------------------------------------------------------------------------------
+
+    def _tend_leases(self) -> None:
+        """Renew the lease of every claim held; then send again what dead daemons left on the wire."""
+        self._lease_call = None
+        jobs = list(self._jobs)  # resolved ones too: their rows stay SENDING until recorded
+        started = self.clock.seconds()
+        ids = [job.sms.sms_id for job in jobs]
+        renewed = self.outbox.renew(self.worker, ids, self.lease) if ids else succeed([])
+
+        def held(ids: list[int]) -> Deferred[Recovered]:
+            if not self.running:
+                return succeed(Recovered())
+            still = set(ids)
+            for job in jobs:
+                if job.sms.sms_id in still:
+                    job.lease_base = max(job.lease_base, started)
+                elif not job.resolved:
+                    self._taken_over(job)
+            self._pump()
+            return self.outbox.recover_stale(self.worker)
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("SMPP worker {worker}: lease renewal failed", failure, worker=self.worker)
+
+        def again(_: object) -> None:
+            if self.running:
+                self._lease_call = self.clock.callLater(RENEW_INTERVAL, self._tend_leases)
+
+        renewed.addCallback(held).addCallback(self._report, "stale_claim").addErrback(failed)
+        renewed.addCallback(again)
+
+    def _taken_over(self, job: _Job) -> None:
+        """Another daemon found this claim's lease run out (we could not renew it) and took it."""
+        self.log.warn(
+            "SMPP sms {sms_id}: claim taken over by another daemon; not sent from here",
+            sms_id=job.sms.sms_id,
+        )
+        if job.queued:
+            self._queue.remove(job)
+            job.queued = False
+        job.arrived = [False] * len(job.arrived)  # its resends are the new claimer's to count
+        job.fail(Outcome.RETRY, "claim taken over")  # recorded as a no-op: the claim is not ours
+        self._maybe_resolve(job)
+
+    def _lease_holds(self, job: _Job) -> bool:
+        """Whether a part written now is answered (or given up) before anyone may take the claim over."""
+        return self.clock.seconds() + self.response_timeout + FENCE_MARGIN <= job.lease_base + self.lease
 
     # -- claiming -----------------------------------------------------------------------------------------
 
@@ -253,11 +358,13 @@ class OutboxWorker(Service):
             return
         if free < self._claim_batch():
             return  # parts are in flight: their responses call _claim again
-        limit = free - sum(len(job.todo) for job in self._queue)
+        windows = sum(bind.window for bind in self.router.binds if bind.bound)
+        limit = min(free - sum(len(job.todo) for job in self._queue), windows - len(self._jobs))
         if limit <= 0:
-            return
+            return  # records are late: each one that lands calls _claim again
         self._move(PhaseEvent.CLAIM)
         self._more_work = False
+        started = self.clock.seconds()
 
         def claimed(messages: list[OutgoingSms]) -> None:
             if self.phase is Phase.CLAIMING:  # not stopped meanwhile: the messages are sent all the same
@@ -265,7 +372,7 @@ class OutboxWorker(Service):
             if len(messages) >= limit:
                 self._more_work = True
             for sms in messages:
-                self._enqueue(sms)
+                self._enqueue(sms, started)
             self._pump()
             if self._more_work:
                 self._claim()
@@ -275,14 +382,16 @@ class OutboxWorker(Service):
                 self._move(PhaseEvent.CLAIMED)
             self.log.failure("SMPP worker {worker}: claim failed", failure, worker=self.worker)
 
-        self.outbox.claim(self.worker, limit).addCallbacks(claimed, failed)
+        self.outbox.claim(self.worker, limit, self.lease).addCallbacks(claimed, failed)
 
     def _claim_batch(self) -> int:
         windows = sum(bind.window for bind in self.router.binds if bind.bound)
         return max(1, windows // 10)
 
-    def _enqueue(self, sms: OutgoingSms) -> None:
-        job = _Job(next(self._order), sms, [], [], deque(), sms.expires_at.timestamp())
+    def _enqueue(self, sms: OutgoingSms, lease_base: float) -> None:
+        job = _Job(
+            next(self._order), sms, lease_base, expires=sms.expires_at.timestamp(), resends=sms.resends
+        )
         self._jobs.add(job)
         try:
             job.address = destination_address(sms.destination)
@@ -293,6 +402,7 @@ class OutboxWorker(Service):
             self._maybe_resolve(job)
             return
         job.ids = [None] * len(job.parts)
+        job.arrived = [False] * len(job.parts)
         job.todo.extend(range(len(job.parts)))
         self._queue.append(job)
 
@@ -324,17 +434,22 @@ class OutboxWorker(Service):
                 job.fail(Outcome.EXPIRED, "token expired before it could be sent")
                 self._maybe_resolve(job)
                 continue
+            if job.arrived[job.todo[0]] and job.resends >= MAX_RESENDS:
+                self._dequeue_head()
+                job.fail(Outcome.IN_DOUBT, f"no response to {job.resends + 1} copies")
+                self._maybe_resolve(job)
+                continue
+            if not self._lease_holds(job):
+                return  # the next renewal of the leases pumps again
             bind, wait = self.router.pick(job.bind)
             if bind is None:
                 if wait is not None:
                     self._wake_in(wait)
                     return
                 if job.bind is not None and not job.bind.bound:
-                    self._dequeue_head()
-                    job.fail(
-                        Outcome.IN_DOUBT, f"bind {job.bind.config.name} lost in the middle of a long message"
-                    )
-                    self._maybe_resolve(job)
+                    if job.outstanding:
+                        return  # its responses, or their loss, come first
+                    self._restart(job)
                     continue
                 if not self.router.any_bound():
                     self._give_back_all("no SMPP bind available")
@@ -347,8 +462,10 @@ class OutboxWorker(Service):
             except NotBound:
                 self._requeue(job, index)
                 continue
+            if job.arrived[index]:
+                job.resends += 1
+                RESENDS.labels("interrupted").inc()
             job.bind = bind
-            job.written += 1
             job.outstanding += 1
             written.addCallbacks(
                 self._part_accepted,
@@ -356,6 +473,13 @@ class OutboxWorker(Service):
                 callbackArgs=(job, index, bind),
                 errbackArgs=(job, index, bind),
             )
+
+    def _restart(self, job: _Job) -> None:
+        """The bind of a long message went down between its parts: send it whole again on any bind
+        (same text and UDH reference: the phone reassembles it as one message)."""
+        job.bind = None
+        job.ids = [None] * len(job.parts)
+        job.todo = deque(range(len(job.parts)))
 
     def _dequeue_head(self) -> None:
         self._queue.popleft().queued = False
@@ -375,15 +499,14 @@ class OutboxWorker(Service):
         queue, self._queue = self._queue, deque()
         for job in queue:
             job.queued = False
-            if job.untouched():
-                job.fail(Outcome.RETRY, reason)
-            else:
-                job.fail(Outcome.IN_DOUBT, f"{reason} in the middle of a long message")
+            job.fail(Outcome.RETRY, reason)
             self._maybe_resolve(job)
 
     def _requeue(self, job: _Job, index: int) -> None:
         """Put a part back to be written again, keeping claim order among the queued messages."""
         job.todo.appendleft(index)
+        if job.outstanding == 0 and not any(job.ids):
+            job.bind = None  # nothing of it accepted: any bind will do
         if job.queued:
             return
         job.queued = True
@@ -424,6 +547,8 @@ class OutboxWorker(Service):
         job.outstanding -= 1
         message_id = normalise_id(pdu.body.message_id or b"")
         job.ids[index] = message_id
+        job.arrived[index] = True
+        job.accepted_ids.append(message_id)
         self.tracker.accepted(message_id)
         bind.bucket.accepted()
         self._maybe_resolve(job)
@@ -444,14 +569,22 @@ class OutboxWorker(Service):
                 self._requeue(job, index)
                 self._window_freed()
                 return
-            job.fail(Outcome.RETRY if job.untouched() else Outcome.IN_DOUBT, status_name(error.status))
+            job.fail(Outcome.RETRY, status_name(error.status))
         elif isinstance(error, RequestFailed):
             job.fail(Outcome.UNDELIVERABLE, f"SMSC refused: {status_name(error.status)}")
-        elif isinstance(error, NoResponse):
-            job.fail(Outcome.IN_DOUBT, f"submit_sm written, {error.why}, no response")
         else:
-            self.log.failure("SMPP {bind}: unexpected submit failure", failure, bind=bind.config.name)
-            job.fail(Outcome.IN_DOUBT, "unexpected error after writing")
+            # NoResponse (timeout, connection lost), or anything after the write: it may have arrived.
+            if not failure.check(NoResponse):
+                self.log.failure("SMPP {bind}: unexpected submit failure", failure, bind=bind.config.name)
+            job.arrived[index] = True
+            if job.failure is None and self.running:
+                self.log.info(
+                    "SMPP sms {sms_id}: {error}; sending it again", sms_id=job.sms.sms_id, error=error
+                )
+                self._requeue(job, index)
+                self._window_freed()
+                return
+            job.fail(Outcome.RETRY, f"submit_sm written, {error}")
         if job.queued:
             self._queue.remove(job)
             job.queued = False
@@ -469,39 +602,64 @@ class OutboxWorker(Service):
         if job.resolved or job.outstanding or job.queued or (job.todo and job.failure is None):
             return
         job.resolved = True
-        self._jobs.discard(job)
-        sms_id = job.sms.sms_id
-        recorded: Deferred[None]
         if job.failure is None:
-            ids = [message_id for message_id in job.ids if message_id is not None]
-            assert job.bind is not None and len(ids) == len(job.parts)
             _outcome_counter("submitted").inc()
-            recorded = self.outbox.mark_submitted(sms_id, ids, job.bind.config.name)
         else:
+            outcome, reason = job.failure
+            if outcome is Outcome.RETRY and any(job.arrived):
+                # The next claim sends it whole again: a copy of what may have arrived.
+                if job.resends >= MAX_RESENDS:
+                    job.failure = (Outcome.IN_DOUBT, f"{reason}; {job.resends + 1} copies sent")
+                else:
+                    job.resends += 1
+                    RESENDS.labels("interrupted").inc()
             outcome, reason = job.failure
             _outcome_counter(outcome.name.lower()).inc()
             self.log.info(
                 "SMPP sms {sms_id}: {outcome} ({reason})",
-                sms_id=sms_id,
+                sms_id=job.sms.sms_id,
                 outcome=outcome.name.lower(),
                 reason=reason,
             )
-            if outcome is Outcome.RETRY:
-                recorded = self.outbox.mark_retry(sms_id, reason)
-            elif outcome is Outcome.EXPIRED:
-                recorded = self.outbox.mark_expired(sms_id)
-            elif outcome is Outcome.IN_DOUBT:
-                recorded = self.outbox.mark_in_doubt(sms_id, reason)
-            else:
-                recorded = self.outbox.mark_undeliverable(sms_id, reason)
+        recorded = Deferred.fromCoroutine(self._record(job))
         self._recording.add(recorded)
 
-        def done(result: object) -> None:
-            self.tracker.recorded([message_id for message_id in job.ids if message_id is not None])
+        def done(_: None) -> None:
+            self.tracker.recorded(job.accepted_ids)
             self._recording.discard(recorded)
-            if isinstance(result, Failure):
-                self.log.failure("SMPP sms {sms_id}: recording the outcome failed", result, sms_id=sms_id)
+            self._jobs.discard(job)
             self._check_idle()
+            if self._more_work:
+                self._claim()
 
-        recorded.addBoth(done)
+        recorded.addCallback(done)
         self._check_idle()
+
+    async def _record(self, job: _Job) -> None:
+        """The outcome into the outbox, tried again until the database answers. A worker that stops
+        meanwhile gives up: the message stays SENDING, and its next start sends it again."""
+        delay = RECORD_RETRY_FIRST
+        while True:
+            try:
+                await self._write_outcome(job)
+                return
+            except Exception:
+                self.log.failure("SMPP sms {sms_id}: recording the outcome failed", sms_id=job.sms.sms_id)
+            if not self.running or not await self._sleep(delay):
+                return
+            delay = min(delay * 2, RECORD_RETRY_MAX)
+
+    def _write_outcome(self, job: _Job) -> Deferred[None]:
+        worker, sms_id, resends = self.worker, job.sms.sms_id, job.resends
+        if job.failure is None:
+            ids = [message_id for message_id in job.ids if message_id is not None]
+            assert job.bind is not None and len(ids) == len(job.parts)
+            return self.outbox.mark_submitted(worker, sms_id, ids, job.bind.config.name, resends)
+        outcome, reason = job.failure
+        if outcome is Outcome.RETRY:
+            return self.outbox.mark_retry(worker, sms_id, reason, resends)
+        if outcome is Outcome.EXPIRED:
+            return self.outbox.mark_expired(worker, sms_id, resends)
+        if outcome is Outcome.IN_DOUBT:
+            return self.outbox.mark_in_doubt(worker, sms_id, reason, resends)
+        return self.outbox.mark_undeliverable(worker, sms_id, reason, resends)

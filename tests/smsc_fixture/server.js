@@ -4,9 +4,25 @@
 //
 // Usage: node server.js [--port 0] [--system-id test] [--password secret] [--receipt-delay MS]
 //        [--receipt-status DELIVRD] [--submit-delay MS] [--throttle-every N] [--close-after N]
-//        [--close-connections K] [--first-id N] [--quiet 1]
+//        [--close-connections K] [--accept-on-receipt 1] [--storm-at N] [--storm-length M]
+//        [--storm-every P] [--first-id N] [--quiet 1]
 // Prints JSON lines on stdout: {"event":"listening","port":P} first, then one line per bind and per
-// accepted submit_sm (without the message text: only its length, coding, UDH and destination).
+// accepted submit_sm (without the message text: only its length, coding, UDH and destination, and `time`,
+// the acceptance in ms since the epoch).
+//
+// Fault controls:
+// --submit-delay MS         answer each submit_sm after MS milliseconds.
+// --accept-on-receipt 1     a submit_sm is accepted (id drawn, recorded, receipt sent later) as soon as it
+//                           arrives, and still delivered if its connection dies before the delayed answer:
+//                           what a real SMSC does, and what turns an unanswered submit into a duplicate
+//                           when the client sends it again. Without it, an unanswered submit is not
+//                           accepted.
+// --close-after N, --close-connections K: the first K sessions are dropped (socket destroyed, no unbind)
+//                           at their (N+1)th submit_sm, which is not accepted.
+// --throttle-every N        every Nth submit_sm is answered ESME_RTHROTTLED.
+// --storm-at N --storm-length M [--storm-every P]: submits number N to N+M-1 (counted from 1 over all
+//                           sessions), and again every P submits, are answered ESME_RTHROTTLED and
+//                           ESME_RMSGQFUL in turn; {"event":"throttled"} lines record them.
 'use strict';
 const smpp = require('smpp');
 
@@ -20,6 +36,10 @@ const options = {
   throttleEvery: 0,
   closeAfter: 0,
   closeConnections: 1,
+  acceptOnReceipt: 0,
+  stormAt: 0,
+  stormLength: 0,
+  stormEvery: 0,
   firstId: 9001,
   quiet: 0,
 };
@@ -37,6 +57,15 @@ const MESSAGE_STATE = { DELIVRD: 2, EXPIRED: 3, DELETED: 4, UNDELIV: 5, ACCEPTD:
 const ESME_RINVBNDSTS = 0x04;
 const ESME_RINVPASWD = 0x0e;
 const ESME_RTHROTTLED = 0x58;
+const ESME_RMSGQFUL = 0x14;
+
+function stormStatus(n) {
+  // The status answering submit number n (from 1) inside a storm, or 0 outside.
+  if (!options.stormLength || n < options.stormAt) return 0;
+  const offset = options.stormEvery ? (n - options.stormAt) % options.stormEvery : n - options.stormAt;
+  if (offset >= options.stormLength) return 0;
+  return offset % 2 ? ESME_RMSGQFUL : ESME_RTHROTTLED;
+}
 
 let nextId = options.firstId;
 let submitsSeen = 0; // across sessions, for --throttle-every
@@ -119,24 +148,26 @@ const server = smpp.createServer(function (session) {
       session.send(pdu.response({ command_status: ESME_RINVBNDSTS }));
       return;
     }
+    if (session.dropped) return; // parsed from the same read as the submit that dropped the session
     session.submits += 1;
     if (options.closeAfter && connectionsClosed < options.closeConnections &&
         session.submits > options.closeAfter) {
       // Drop the connection with this submit_sm (and whatever follows it) unanswered.
       connectionsClosed += 1;
+      session.dropped = true;
       emit({ event: 'close', after: options.closeAfter });
       session.destroy();
       return;
     }
     submitsSeen += 1;
-    if (options.throttleEvery && submitsSeen % options.throttleEvery === 0) {
-      emit({ event: 'throttled', destination: pdu.destination_addr });
-      session.send(pdu.response({ command_status: ESME_RTHROTTLED }));
+    const storm = stormStatus(submitsSeen);
+    if (storm || (options.throttleEvery && submitsSeen % options.throttleEvery === 0)) {
+      emit({ event: 'throttled', destination: pdu.destination_addr, status: storm || ESME_RTHROTTLED });
+      session.send(pdu.response({ command_status: storm || ESME_RTHROTTLED }));
       return;
     }
     const submitted = new Date();
-    const answer = () => {
-      if (session.closed) return; // never answered: not accepted
+    const accept = () => {
       const id = nextId.toString(16).toUpperCase().padStart(8, '0');
       nextId += 1;
       const raw = Buffer.isBuffer(pdu.short_message) ? pdu.short_message : null;
@@ -145,6 +176,7 @@ const server = smpp.createServer(function (session) {
       emit({
         event: 'submit',
         id,
+        time: Date.now(),
         destination: pdu.destination_addr,
         dest_ton: pdu.dest_addr_ton,
         dest_npi: pdu.dest_addr_npi,
@@ -157,36 +189,47 @@ const server = smpp.createServer(function (session) {
         udh: udh ? Buffer.from(udh).toString('hex') : null,
         length: raw ? raw.length : (typeof message === 'string' ? message.length : 0),
       });
-      session.send(pdu.response({ message_id: id }));
-      if (pdu.registered_delivery & 0x01) {
-        const stat = options.receiptStatus;
-        const text = `id:${id} sub:001 dlvrd:${stat === 'DELIVRD' ? '001' : '000'} ` +
-          `submit date:${smppDate(submitted)} done date:${smppDate(new Date())} stat:${stat} err:000 text:`;
-        const receipt = {
-          source_addr_ton: pdu.dest_addr_ton,
-          source_addr_npi: pdu.dest_addr_npi,
-          source_addr: pdu.destination_addr,
-          dest_addr_ton: pdu.source_addr_ton,
-          dest_addr_npi: pdu.source_addr_npi,
-          destination_addr: pdu.source_addr,
-          esm_class: 0x04,
-          data_coding: 1,
-          short_message: Buffer.from(text, 'ascii'),
-          receipted_message_id: id,
-          message_state: MESSAGE_STATE[stat] || 7,
-        };
-        if (options.receiptDelay) {
-          setTimeout(() => sendReceipt(receipt), options.receiptDelay);
-        } else {
-          sendReceipt(receipt);
-        }
+      return id;
+    };
+    const deliver = (id) => {
+      if (!(pdu.registered_delivery & 0x01)) return;
+      const stat = options.receiptStatus;
+      const text = `id:${id} sub:001 dlvrd:${stat === 'DELIVRD' ? '001' : '000'} ` +
+        `submit date:${smppDate(submitted)} done date:${smppDate(new Date())} stat:${stat} err:000 text:`;
+      const receipt = {
+        source_addr_ton: pdu.dest_addr_ton,
+        source_addr_npi: pdu.dest_addr_npi,
+        source_addr: pdu.destination_addr,
+        dest_addr_ton: pdu.source_addr_ton,
+        dest_addr_npi: pdu.source_addr_npi,
+        destination_addr: pdu.source_addr,
+        esm_class: 0x04,
+        data_coding: 1,
+        short_message: Buffer.from(text, 'ascii'),
+        receipted_message_id: id,
+        message_state: MESSAGE_STATE[stat] || 7,
+      };
+      if (options.receiptDelay) {
+        setTimeout(() => sendReceipt(receipt), options.receiptDelay);
+      } else {
+        sendReceipt(receipt);
       }
     };
-    if (options.submitDelay) {
-      setTimeout(answer, options.submitDelay);
-    } else {
-      answer();
+    const later = (fn) => (options.submitDelay ? setTimeout(fn, options.submitDelay) : fn());
+    if (options.acceptOnReceipt) {
+      const id = accept();
+      later(() => {
+        if (!session.closed) session.send(pdu.response({ message_id: id }));
+        deliver(id);
+      });
+      return;
     }
+    later(() => {
+      if (session.closed) return; // never answered: not accepted
+      const id = accept();
+      session.send(pdu.response({ message_id: id }));
+      deliver(id);
+    });
   });
 });
 
