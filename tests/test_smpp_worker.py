@@ -83,6 +83,15 @@ def submits(pdus: list[codec.Pdu]) -> list[codec.Pdu]:
     return [p for p in pdus if p.command == "submit_sm"]
 
 
+def two_binds() -> World:
+    return World(
+        binds=[
+            SmppBindConfig(name="a", endpoint="tcp:a:1", max_tps=1000),
+            SmppBindConfig(name="b", endpoint="tcp:b:1", max_tps=1000),
+        ]
+    )
+
+
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
@@ -264,12 +273,7 @@ def test_no_bind_gives_unwritten_messages_back() -> None:
 
 
 def test_long_message_whose_bind_drops_between_parts_goes_whole_on_another_bind() -> None:
-    w = World(
-        binds=[
-            SmppBindConfig(name="a", endpoint="tcp:a:1", max_tps=1000),
-            SmppBindConfig(name="b", endpoint="tcp:b:1", max_tps=1000),
-        ]
-    )
+    w = two_binds()
     w.start()
     a, b = w.conn("tcp:a:1"), w.conn("tcp:b:1")
     sms = w.outbox.queue(text="x" * 300)
@@ -458,12 +462,7 @@ def test_rate_cap_on_the_clock() -> None:
 
 
 def test_round_robin_and_failover() -> None:
-    w = World(
-        binds=[
-            SmppBindConfig(name="a", endpoint="tcp:a:1", max_tps=1000),
-            SmppBindConfig(name="b", endpoint="tcp:b:1", max_tps=1000),
-        ]
-    )
+    w = two_binds()
     w.start()
     a, b = w.conn("tcp:a:1"), w.conn("tcp:b:1")
     w.outbox.queue_many(6)
