@@ -224,11 +224,14 @@ class FakeOutbox:
         return succeed(self._send_again(lambda r: r.claimed_by == worker))
 
     @_may_fail
-    def recover_stale(self, worker: str) -> Deferred[Recovered]:
+    def recover_stale(self, worker: str, held: list[int]) -> Deferred[Recovered]:
         now = self.now()
         return succeed(
             self._send_again(
-                lambda r: r.claimed_by != worker and (r.lease_until is None or r.lease_until < now)
+                lambda r: (
+                    (r.lease_until is None or r.lease_until < now)
+                    and not (r.claimed_by == worker and r.sms.sms_id in held)
+                )
             )
         )
 

@@ -365,8 +365,8 @@ def test_crash_recovery_sends_again_while_valid_and_drops_the_expired(core, cloc
     assert (again.sms_id, again.text, again.resends) == (first.sms_id, first.text, 1)
     assert core(payments.get, shop, created["id"])["sms"] == "queued"
     clock.advance(50)  # the lease (40 s) ran out: another worker takes the claim over
-    assert core(outbox.recover_stale, "w") == Recovered()  # its own claims are not stale to it
-    assert core(outbox.recover_stale, "w2") == Recovered(resent=1)
+    assert core(outbox.recover_stale, "w", [first.sms_id]) == Recovered()  # w holds it (renewals failing)
+    assert core(outbox.recover_stale, "w2", []) == Recovered(resent=1)
     [third] = core(outbox.claim, "w2", 10, 40.0)
     assert third.resends == 2
     core(outbox.mark_submitted, "w", third.sms_id, ["LATE"], "smsc1", 2)  # no longer w's to record

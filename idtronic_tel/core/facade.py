@@ -301,8 +301,8 @@ class CoreSmsOutbox:
     def recover(self, worker: str) -> Deferred[Recovered]:
         return self._then_requeued(self._core._run(outbox.recover, worker))
 
-    def recover_stale(self, worker: str) -> Deferred[Recovered]:
-        return self._then_requeued(self._core._run(outbox.recover_stale, worker))
+    def recover_stale(self, worker: str, held: list[int]) -> Deferred[Recovered]:
+        return self._then_requeued(self._core._run(outbox.recover_stale, worker, held))
 
     def _then_requeued(self, d: Deferred[Recovered]) -> Deferred[Recovered]:
         """Messages put back in the queue are work for every worker of this process."""

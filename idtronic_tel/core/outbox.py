@@ -135,15 +135,16 @@ def recover(s: Session, rules: Rules, worker: str) -> Recovered:
     return _send_again(s, rules, worker, rows)
 
 
-def recover_stale(s: Session, rules: Rules, worker: str) -> Recovered:
-    """Other workers' claims whose lease ran out: their daemon died and did not come back under its
-    name (a claim without a lease was left by a version before leases)."""
+def recover_stale(s: Session, rules: Rules, worker: str, held: list[int]) -> Recovered:
+    """Claims whose lease ran out and that `worker` does not hold (`held`): their daemon died and did not
+    come back under its name, or a claim of this worker's own was committed while it saw an error and
+    never took it in hand. A claim without a lease was left by a version before leases."""
     rows = s.scalars(
         select(SmsMessage)
         .where(
             SmsMessage.state == SmsState.SENDING,
-            SmsMessage.claimed_by != worker,
             or_(SmsMessage.lease_until < rules.now(), SmsMessage.lease_until.is_(None)),
+            ~((SmsMessage.claimed_by == worker) & SmsMessage.id.in_(held)),
         )
         .order_by(SmsMessage.id)
         .with_for_update(skip_locked=True)

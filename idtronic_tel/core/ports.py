@@ -100,8 +100,9 @@ class SmsOutbox(Protocol):
         while its token is valid (same text, same code: a duplicate is harmless, a loss blocks the
         purchase), counted in `resends` and the audit log; an expired one is EXPIRED."""
 
-    def recover_stale(self, worker: str) -> Deferred[Recovered]:
-        """The same for other workers' claims whose lease ran out (their daemon is gone)."""
+    def recover_stale(self, worker: str, held: list[int]) -> Deferred[Recovered]:
+        """The same for claims whose lease ran out (their daemon is gone), except those in `held`, the
+        ones `worker` has in hand (its renewals failed: it keeps them, and writes none until it renews)."""
 
     def apply_receipt(self, message_id: str, state: str) -> Deferred[bool]:
         """A delivery receipt for one part: state is one of SmsState's values (delivered, undeliverable,

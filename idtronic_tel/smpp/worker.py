@@ -304,7 +304,7 @@ class OutboxWorker(Service):
                 elif not job.resolved:
                     self._taken_over(job)
             self._pump()
-            return self.outbox.recover_stale(self.worker)
+            return self.outbox.recover_stale(self.worker, [job.sms.sms_id for job in self._jobs])
 
         def failed(failure: Failure) -> None:
             self.log.failure("SMPP worker {worker}: lease renewal failed", failure, worker=self.worker)

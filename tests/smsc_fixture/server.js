@@ -5,10 +5,11 @@
 // Usage: node server.js [--port 0] [--system-id test] [--password secret] [--receipt-delay MS]
 //        [--receipt-status DELIVRD] [--submit-delay MS] [--throttle-every N] [--close-after N]
 //        [--close-connections K] [--accept-on-receipt 1] [--storm-at N] [--storm-length M]
-//        [--storm-every P] [--first-id N] [--quiet 1]
-// Prints JSON lines on stdout: {"event":"listening","port":P} first, then one line per bind and per
+//        [--storm-every P] [--storm-count C] [--first-id N] [--quiet 1]
+// Prints JSON lines on stdout: {"event":"listening","port":P} first, then one line per bind, per
 // accepted submit_sm (without the message text: only its length, coding, UDH and destination, and `time`,
-// the acceptance in ms since the epoch).
+// the acceptance in ms since the epoch) and per closed session. A receipt answered with an error status is
+// delivered again 200 ms later; one left unanswered by a closed session, after the next bind.
 //
 // Fault controls:
 // --submit-delay MS         answer each submit_sm after MS milliseconds.
@@ -20,9 +21,10 @@
 // --close-after N, --close-connections K: the first K sessions are dropped (socket destroyed, no unbind)
 //                           at their (N+1)th submit_sm, which is not accepted.
 // --throttle-every N        every Nth submit_sm is answered ESME_RTHROTTLED.
-// --storm-at N --storm-length M [--storm-every P]: submits number N to N+M-1 (counted from 1 over all
-//                           sessions), and again every P submits, are answered ESME_RTHROTTLED and
-//                           ESME_RMSGQFUL in turn; {"event":"throttled"} lines record them.
+// --storm-at N --storm-length M [--storm-every P] [--storm-count C]: submits number N to N+M-1 (counted
+//                           from 1 over all sessions), and again every P submits (C storms in all, or no
+//                           end), are answered ESME_RTHROTTLED and ESME_RMSGQFUL in turn;
+//                           {"event":"throttled"} lines record them.
 'use strict';
 const smpp = require('smpp');
 
@@ -40,6 +42,7 @@ const options = {
   stormAt: 0,
   stormLength: 0,
   stormEvery: 0,
+  stormCount: 0,
   firstId: 9001,
   quiet: 0,
 };
@@ -63,7 +66,8 @@ function stormStatus(n) {
   // The status answering submit number n (from 1) inside a storm, or 0 outside.
   if (!options.stormLength || n < options.stormAt) return 0;
   const offset = options.stormEvery ? (n - options.stormAt) % options.stormEvery : n - options.stormAt;
-  if (offset >= options.stormLength) return 0;
+  const storm = options.stormEvery ? Math.floor((n - options.stormAt) / options.stormEvery) : 0;
+  if (offset >= options.stormLength || (options.stormCount && storm >= options.stormCount)) return 0;
   return offset % 2 ? ESME_RMSGQFUL : ESME_RTHROTTLED;
 }
 
@@ -94,7 +98,16 @@ function sendReceipt(receipt) {
     pendingReceipts.push(receipt);
     return;
   }
-  session.deliver_sm(receipt);
+  // As an SMSC does: a receipt answered with an error status (the client's database was down) is
+  // delivered again a moment later; one never answered goes again after a reconnection.
+  session.inflightReceipts.add(receipt);
+  session.deliver_sm(receipt, (resp) => {
+    session.inflightReceipts.delete(receipt);
+    if (resp.command_status !== 0) {
+      emit({ event: 'receipt_refused', status: resp.command_status });
+      setTimeout(() => sendReceipt(receipt), 200);
+    }
+  });
 }
 
 function flushReceipts() {
@@ -108,10 +121,15 @@ const server = smpp.createServer(function (session) {
   session.bound = false;
   session.closed = false;
   session.submits = 0;
+  session.inflightReceipts = new Set();
   session.on('close', () => {
     session.closed = true;
     const i = receivers.indexOf(session);
     if (i >= 0) receivers.splice(i, 1);
+    emit({ event: 'session_closed', submits: session.submits });
+    for (const receipt of session.inflightReceipts) pendingReceipts.push(receipt);
+    session.inflightReceipts.clear();
+    flushReceipts();
   });
   session.on('error', () => {
     // Malformed input or a reset: node-smpp closes the socket; nothing else to do.
