@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from twisted.internet import reactor, task, threads
 from twisted.internet.defer import Deferred
 
@@ -169,6 +169,12 @@ class Outbox:
 
     def rows(self) -> Deferred[dict[int, Row]]:
         return self.pool.run(_rows)
+
+    def settled(self, states: frozenset[str] = frozenset({"delivered", "expired"})) -> Deferred[bool]:
+        """Whether every SMS is in one of `states` (one cheap query: it is polled)."""
+        return self.pool.run(
+            lambda s: not s.scalar(select(func.count()).where(SmsMessage.state.not_in(sorted(states))))
+        )
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return self.pool.run(fn, *args)

@@ -360,8 +360,8 @@ class OutboxWorker(Service):
             return  # parts are in flight: their responses call _claim again
         windows = sum(bind.window for bind in self.router.binds if bind.bound)
         limit = min(free - sum(len(job.todo) for job in self._queue), windows - len(self._jobs))
-        if limit <= 0:
-            return  # records are late: each one that lands calls _claim again
+        if limit <= 0 or (limit < self._claim_batch() and self._jobs):
+            return  # records are late, or too few: each one that lands calls _claim again
         self._move(PhaseEvent.CLAIM)
         self._more_work = False
         started = self.clock.seconds()
