@@ -28,12 +28,16 @@ from twisted.internet import reactor, task, threads
 from twisted.internet.defer import Deferred
 
 from idtronic_tel.config import load_config, prepare_data_dir
-from idtronic_tel.config_schema import Config
+from idtronic_tel.config_schema import Config, SmppBindConfig, SmppConfig
 from idtronic_tel.core.crypto import Vault
 from idtronic_tel.core.db import DBPool, make_engine
+from idtronic_tel.core.facade import Core, CoreSmsOutbox
 from idtronic_tel.core.models import SmsMessage, SmsPart
+from idtronic_tel.core.rules import Rules, utcnow
+from idtronic_tel.smpp.service import SmppService, makeSmppService
 from tests.conftest import ON_CI
 from tests.daemonharness import free_port
+from tests.fakes_smpp import NodeSmsc
 
 DAEMON = Path(sys.executable).with_name("idtronic-tel")
 READY_WITHIN = 30.0
@@ -44,7 +48,7 @@ def clean_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("IDTRONIC_")}
 
 
-async def wait_for(check: Callable[[], Awaitable[bool] | bool], what: str, timeout: float = 60.0) -> None:
+async def wait_for(check: Callable[[], Awaitable[bool] | bool], what: str, timeout: float = 90.0) -> None:
     """Re-evaluate `check` every 50 ms until it holds; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -200,6 +204,51 @@ def _rows(s: Any) -> dict[int, Row]:
 
 
 # ---- daemons ----------------------------------------------------------------------------------------------
+
+
+class InProcess:
+    """What one daemon holds of the core, in this process: its DB pool (one thread on SQLite, as the
+    daemon), Core and CoreSmsOutbox, and the SMPP services started on it."""
+
+    def __init__(self, url: str, config: Config, clock: Callable[[], dt.datetime] = utcnow) -> None:
+        threads = 1 if url.startswith("sqlite") else 4  # SQLite takes one writer at a time
+        self.pool = DBPool(reactor, make_engine(url, pool_size=threads), threads)  # type: ignore[arg-type]
+        self.pool.start()
+        self.rules = Rules(config, Vault(config.keys.data_key, config.keys.hmac_key), clock)
+        self.core = Core(reactor, self.pool, self.rules)  # type: ignore[arg-type]
+        self.outbox = CoreSmsOutbox(self.core)
+        self.services: list[SmppService] = []
+
+    def smpp(
+        self,
+        smsc: NodeSmsc,
+        worker: str = "in-process",
+        outbox: Any = None,
+        response_timeout: float = 5.0,
+        **bind: Any,
+    ) -> SmppService:
+        """makeSmppService bound to `smsc` (reconnecting after 1 s), started."""
+        settings: dict[str, Any] = {"max_tps": 5000.0, "window": 20, **bind}
+        config = SmppConfig(
+            binds=(
+                SmppBindConfig(
+                    name="node", endpoint=smsc.endpoint, system_id="test", password="secret", **settings
+                ),
+            ),
+            response_timeout=response_timeout,
+            poll_interval=0.1,
+            reconnect_max_delay=1.0,
+        )
+        service = makeSmppService(config, outbox or self.outbox, worker, reactor, jitter=lambda: 0.0)
+        service.startService()
+        self.services.append(service)
+        return service
+
+    async def stop(self) -> None:
+        for service in self.services:
+            if service.running:
+                await service.stopService()
+        self.pool.stop()
 
 
 class DaemonProcess:

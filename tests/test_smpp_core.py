@@ -15,32 +15,32 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
 import pytest_twisted
 from sqlalchemy import func, select
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, succeed
 
-from idtronic_tel.config_schema import CallbackConfig, Config, SmppBindConfig, SmppConfig, TokensConfig
+from idtronic_tel.config_schema import CallbackConfig, Config, TokensConfig
 from idtronic_tel.core.cards import luhn_check_digit
 from idtronic_tel.core.crypto import Vault
 from idtronic_tel.core.db import DBPool, make_engine
-from idtronic_tel.core.facade import Core, CoreSmsOutbox
+from idtronic_tel.core.facade import CoreSmsOutbox
 from idtronic_tel.core.merchants import MerchantAuth
 from idtronic_tel.core.models import AuditEntry, SmsMessage, SmsPart
 from idtronic_tel.core.ports import OutgoingSms
 from idtronic_tel.core.rules import Rules
-from idtronic_tel.smpp.service import SmppService, makeSmppService
+from idtronic_tel.smpp.service import SmppService
 from tests import domain_helpers
 from tests.conftest import BlockingCore, FakeClock, fresh_pg_database, test_config
 from tests.fakes_smpp import NodeSmsc, node_or_skip
+from tests.faultharness import InProcess, wait_for
 
 pytestmark = pytest.mark.node
-TIMEOUT = 90.0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -64,43 +64,6 @@ def product_config(**tokens: Any) -> Config:
 
 def real_time_clock() -> FakeClock:
     return FakeClock(dt.datetime.now(dt.UTC))
-
-
-class Daemon:
-    """What one daemon process holds of the core: its own DB pool, Core and CoreSmsOutbox."""
-
-    def __init__(self, url: str, config: Config, clock: FakeClock) -> None:
-        self.pool = DBPool(reactor, make_engine(url), 4)  # type: ignore[arg-type]
-        self.pool.start()
-        self.rules = Rules(config, Vault(config.keys.data_key, config.keys.hmac_key), clock)
-        self.core = Core(reactor, self.pool, self.rules)  # type: ignore[arg-type]
-        self.outbox = CoreSmsOutbox(self.core)
-        self.services: list[SmppService] = []
-
-    def smpp(self, smsc: NodeSmsc, worker: str, outbox: Any = None, **bind: Any) -> SmppService:
-        """makeSmppService for this daemon, bound to `smsc`, started."""
-        settings: dict[str, Any] = {"max_tps": 5000.0, "window": 20}
-        settings.update(bind)
-        config = SmppConfig(
-            binds=(
-                SmppBindConfig(
-                    name="node", endpoint=smsc.endpoint, system_id="test", password="secret", **settings
-                ),
-            ),
-            response_timeout=30.0,
-            poll_interval=0.2,
-            reconnect_max_delay=1.0,
-        )
-        service = makeSmppService(config, outbox or self.outbox, worker, reactor=reactor)
-        service.startService()
-        self.services.append(service)
-        return service
-
-    async def stop(self) -> None:
-        for service in self.services:
-            if service.running:
-                await service.stopService()
-        self.pool.stop()
 
 
 @dataclass
@@ -134,7 +97,7 @@ def seed(url: str, config: Config, clock: FakeClock, cardholders: int) -> World:
 _references = itertools.count(1)
 
 
-async def pay(daemon: Daemon, world: World, holder: int) -> str:
+async def pay(daemon: InProcess, world: World, holder: int) -> str:
     identifier, _ = world.cardholders[holder]
     reference = f"o-{next(_references)}"
     body = {"identifier": identifier, "amount": 4990, "currency": "EUR", "reference": reference}
@@ -143,7 +106,7 @@ async def pay(daemon: Daemon, world: World, holder: int) -> str:
     return str(view["id"])
 
 
-async def sms_views(daemon: Daemon, world: World, payments: list[str]) -> dict[str, str]:
+async def sms_views(daemon: InProcess, world: World, payments: list[str]) -> dict[str, str]:
     """Payment id -> its `sms` field as GET /v1/payments/{id} shows it (core get_payment)."""
     views = {}
     for payment_id in payments:
@@ -152,21 +115,7 @@ async def sms_views(daemon: Daemon, world: World, payments: list[str]) -> dict[s
     return views
 
 
-async def wait_for(check: Callable[[], Awaitable[bool] | bool], what: str, timeout: float = TIMEOUT) -> None:
-    """Re-evaluate `check` every 50 ms until it holds; fail after `timeout` seconds."""
-    deadline = reactor.seconds() + timeout  # type: ignore[attr-defined]
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if reactor.seconds() > deadline:  # type: ignore[attr-defined]
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        await task.deferLater(reactor, 0.05, lambda: None)
-
-
-async def all_sms(daemon: Daemon, world: World, payments: list[str], state: str) -> bool:
+async def all_sms(daemon: InProcess, world: World, payments: list[str], state: str) -> bool:
     return set((await sms_views(daemon, world, payments)).values()) == {state}
 
 
@@ -248,10 +197,10 @@ async def test_two_daemons_on_one_postgresql_send_each_sms_exactly_once(pg_only_
     clock = real_time_clock()
     world = seed(pg_only_url, product_config(), clock, cardholders=100)  # 3 payments each (limit 5)
     smsc = await started_smsc()
-    a, b = Daemon(pg_only_url, world.config, clock), Daemon(pg_only_url, world.config, clock)
+    a, b = InProcess(pg_only_url, world.config, clock), InProcess(pg_only_url, world.config, clock)
     payments: list[str] = []
     try:
-        services = [a.smpp(smsc, "daemon-a"), b.smpp(smsc, "daemon-b")]
+        services = [a.smpp(smsc, "daemon-a", response_timeout=30.0), b.smpp(smsc, "daemon-b")]
         await wait_for(lambda: all(s.binds[0].bound for s in services), "both binds up", 20)
         for start in range(0, 300, 20):
             batch = [pay(a if i % 2 else b, world, i % 100) for i in range(start, start + 20)]
@@ -291,14 +240,14 @@ async def test_suspension_pauses_the_worker_and_resume_restarts_it(db_url: str) 
     without restarting anything."""
     clock = real_time_clock()
     world = seed(db_url, product_config(), clock, cardholders=4)
-    daemon = Daemon(db_url, world.config, clock)
+    daemon = InProcess(db_url, world.config, clock)
     smsc = await started_smsc()
     service: SmppService | None = None
     spy = SpyOutbox(daemon.outbox, lambda: service)
     try:
         payments = [await pay(daemon, world, i % 4) for i in range(8)]
         await daemon.core.suspend("Maintenance until 22:00")
-        service = daemon.smpp(smsc, "daemon-a", outbox=spy)
+        service = daemon.smpp(smsc, "daemon-a", outbox=spy, response_timeout=30.0)
         service.worker.poll_interval = 3600.0  # before the first poll is scheduled (after recover)
         # A claim that started with the bind up, after the payments were queued, came back empty.
         await wait_for(lambda: any(bound and got == [] for bound, got in spy.claims), "a claim while bound")
@@ -327,10 +276,10 @@ async def test_token_expiry_while_the_smsc_is_down_is_never_sent(db_url: str) ->
     the same port. Only the fourth is sent; the three show `sms: expired`."""
     clock = real_time_clock()
     world = seed(db_url, product_config(lifetime=60.0), clock, cardholders=3)
-    daemon = Daemon(db_url, world.config, clock)
+    daemon = InProcess(db_url, world.config, clock)
     smsc = await started_smsc()
     try:
-        service = daemon.smpp(smsc, "daemon-a")
+        service = daemon.smpp(smsc, "daemon-a", response_timeout=30.0)
         bind = service.binds[0]
         first = await pay(daemon, world, 0)
         await wait_for(lambda: all_sms(daemon, world, [first], "delivered"), "the first payment delivered")
@@ -371,13 +320,13 @@ async def test_crash_after_claiming_restart_sends_again_what_is_still_valid(db_u
     payment created after the restart; the expired one shows `expired` and is never sent again."""
     clock = real_time_clock()
     world = seed(db_url, product_config(), clock, cardholders=6)
-    daemon = Daemon(db_url, world.config, clock)
+    daemon = InProcess(db_url, world.config, clock)
     silent = await started_smsc(submit_delay=3_600_000, accept_on_receipt=1)
     smsc: NodeSmsc | None = None
     service: SmppService | None = None
     spy = SpyOutbox(daemon.outbox, lambda: service)
     try:
-        service = daemon.smpp(silent, "daemon-a", outbox=spy, window=10)
+        service = daemon.smpp(silent, "daemon-a", outbox=spy, response_timeout=30.0, window=10)
         stuck = [await pay(daemon, world, i) for i in range(5)]
         bind = service.binds[0]
         await wait_for(lambda: bind.in_flight == 5, "5 submits on the wire")
@@ -391,7 +340,7 @@ async def test_crash_after_claiming_restart_sends_again_what_is_still_valid(db_u
         expire(db_url, stuck[0], clock.now)
 
         smsc = await started_smsc()
-        restarted = daemon.smpp(smsc, "daemon-a")
+        restarted = daemon.smpp(smsc, "daemon-a", response_timeout=30.0)
         await wait_for(lambda: all_sms(daemon, world, stuck[1:], "delivered"), "recover: sent again")
         fresh = await pay(daemon, world, 5)
         await wait_for(lambda: all_sms(daemon, world, [fresh], "delivered"), "a new payment delivered")

@@ -26,20 +26,19 @@ import pytest_twisted
 from sqlalchemy import func, select, update
 from twisted.internet import reactor, threads
 
-from idtronic_tel.config_schema import Config, SmppBindConfig, SmppConfig
+from idtronic_tel.config_schema import Config
 from idtronic_tel.core import enrollment
 from idtronic_tel.core.crypto import Vault
 from idtronic_tel.core.db import DBPool, make_engine, migrate
-from idtronic_tel.core.facade import Core, CoreSmsOutbox
 from idtronic_tel.core.models import AuditEntry, CallbackAttempt, CallbackRequest, SmsMessage
 from idtronic_tel.core.rules import Rules
 from idtronic_tel.simulators.asterisk_ami import AmiEmulatorFactory
 from idtronic_tel.simulators.handset import Answer, Handset, HandsetDirectory
-from idtronic_tel.smpp.service import SmppService, makeSmppService
 from tests.conftest import test_config
 from tests.fakes_smpp import NodeSmsc, node_or_skip
 from tests.faultharness import (
     DaemonProcess,
+    InProcess,
     Outbox,
     PrivatePostgres,
     Row,
@@ -160,37 +159,7 @@ def crash_audits(s: Any) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# one daemon in this process (the real core on the test database), for the SMSC's faults
-
-
-class InProcess:
-    def __init__(self, url: str, config: Config) -> None:
-        threads = 1 if url.startswith("sqlite") else 4  # as the daemon does: SQLite takes one writer
-        self.pool = DBPool(reactor, make_engine(url, pool_size=threads), threads)  # type: ignore[arg-type]
-        self.pool.start()
-        core = Core(reactor, self.pool, Rules(config, Vault(config.keys.data_key, config.keys.hmac_key)))  # type: ignore[arg-type]
-        self.outbox = CoreSmsOutbox(core)
-        self.service: SmppService | None = None
-
-    def smpp(self, smsc: NodeSmsc, **bind: Any) -> SmppService:
-        config = SmppConfig(
-            binds=(
-                SmppBindConfig(
-                    name="node", endpoint=smsc.endpoint, system_id="test", password="secret", **bind
-                ),
-            ),
-            response_timeout=5.0,
-            poll_interval=0.1,
-            reconnect_max_delay=1.0,
-        )
-        self.service = makeSmppService(config, self.outbox, "in-process", reactor, jitter=lambda: 0.0)
-        self.service.startService()
-        return self.service
-
-    async def stop(self) -> None:
-        if self.service is not None and self.service.running:
-            await self.service.stopService()
-        self.pool.stop()
+# the SMSC's faults, against one daemon in this process (the real core on the test database)
 
 
 @pytest_twisted.ensureDeferred
