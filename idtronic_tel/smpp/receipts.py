@@ -32,6 +32,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from ..core.ports import SmsOutbox, SmsState
+from ..logsafe import loggable
 from . import codec
 
 ESM_CLASS_RECEIPT_MASK: Final = 0x3C  # bits 5..2: message type
@@ -206,7 +207,7 @@ class ReceiptHandler:
             self.log.info(
                 "SMPP {bind}: mobile-originated message from {source} ignored ({length} octets)",
                 bind=self.bind,
-                source=repr(codec.as_text(pdu.body.source_addr)[:24])[1:-1],  # control bytes escaped
+                source=loggable(codec.as_text(pdu.body.source_addr), 24),
                 length=len(pdu.body.short_message or b""),
             )
             return succeed(codec.ESME_ROK)
