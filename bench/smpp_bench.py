@@ -1,7 +1,7 @@
 """SMPP throughput: idtronic-tel's client against node-smpp 0.5.1 (tests/smsc_fixture) on loopback.
 
 One run measures, each against a fresh SMSC, with the SMSC answering submit_sm at once and then 20 ms late
-(what a real operator's SMSC does, SMPP.md "Benchmarking an SMPP client"):
+(what a real operator's SMSC does, docs/protocols/SMPP.md "Benchmarking an SMPP client"):
   * ours, window 1 / 10 / 100 (the whole edge: worker, binds, receipts, with an in-memory outbox);
   * smpplib's blocking client, one submit_sm at a time (the design of Jasmin's connector), TCP_NODELAY;
   * the SMSC's ceiling: smpplib-encoded PDUs from a plain socket with 100 in flight and TCP_NODELAY.

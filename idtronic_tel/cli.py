@@ -1,4 +1,4 @@
-"""`idtronic-tel`: the operator's command line (../shared/design/OPERATOR.md).
+"""`idtronic-tel`: the operator's command line (docs/operator.md).
 
 Administrative commands work directly on the database (the daemon need not run); `status` also asks
 the running daemon for its links. Exit status: 0 success, 2 usage or configuration error, 1 otherwise.
@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from . import __version__
 from .config import ConfigError, load_config, prepare_data_dir, resolve_config_path, resolve_data_dir
 from .config_schema import Config
 
@@ -33,6 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="idtronic-tel", description="id-tronic telephony daemon and its administration")
+    parser.add_argument("--version", action="version", version=f"idtronic-tel {__version__}")
     parser.add_argument("--config", type=Path, help="configuration file (default: $IDTRONIC_CONFIG, or none)")
     parser.add_argument(
         "--data-dir", type=Path, help="data directory (default: $IDTRONIC_DATA_DIR or ./idtronic-data)"
@@ -77,8 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     scope.add_argument("--merchant")
 
     commands.add_parser("status", help="links, queues and counts")
-    sim = commands.add_parser("smsc-sim", help="run the built-in SMSC simulator", add_help=False)
-    sim.add_argument("rest", nargs=argparse.REMAINDER)
+    from .simulators import smsc
+
+    sim = commands.add_parser("smsc-sim", help="run the built-in SMSC simulator (dry runs, demos)")
+    smsc.add_arguments(sim)
     return parser
 
 
@@ -136,9 +140,9 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     environ = dict(os.environ if environ is None else environ)
     args = _parser().parse_args(argv)
     if args.command == "smsc-sim":
-        from .simulators.smsc import main as smsc_main
+        from .simulators import smsc
 
-        return smsc_main(args.rest)
+        return smsc.run(args)
     try:
         config = _config(args, environ)
         return _dispatch(args, config)

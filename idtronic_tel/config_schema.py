@@ -99,7 +99,8 @@ class VoiceFallbackConfig:
 @dataclass(frozen=True)
 class AgiConfig:
     listen: str = "tcp:4573:interface=127.0.0.1"
-    backlog: int = 1024  # a short backlog loses sessions while Asterisk reports SUCCESS (AGI.md)
+    # A short backlog loses sessions while Asterisk reports SUCCESS (docs/protocols/AGI.md).
+    backlog: int = 1024
     command_timeout: float = 60.0  # longest wait for one AGI reply (prompts + DTMF timeout fit inside)
     language: str = "fr"
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from dataclasses import dataclass
-from typing import Any
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any
 
-from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.application.service import IService, MultiService
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 
@@ -19,12 +21,13 @@ from .api.app import build_router
 from .api.resource import ApiResource, QuietSite
 from .config_schema import Config
 from .core.crypto import Vault
-from .core.db import DBPool, check_schema, make_engine
+from .core.db import DBPool, check_schema, is_empty, make_engine, migrate
 from .core.facade import Core, CoreCallbackQueue, CoreIvrGateway, CoreSmsOutbox
 from .core.rules import Rules
-from .ivr.agi_server import make_agi_service
+from .ivr.agi_server import agi_endpoint, make_agi_factory
 from .ivr.ami_client import AmiClient
 from .ivr.dialer import CallbackDialer
+from .listener import Listener
 from .smpp.service import SmppService, makeSmppService
 
 log = Logger()
@@ -46,13 +49,26 @@ def worker_name(config: Config) -> str:
 
 @dataclass
 class Daemon:
-    """The assembled parts, for the command line's `status` and for tests."""
+    """The assembled parts, for health, the command line's `status` and tests."""
 
     service: MultiService
     core: Core
     pool: DBPool
     smpp: SmppService | None
     ami: AmiClient | None
+    listeners: dict[str, Listener] = field(default_factory=dict)
+    on_fatal: Callable[[str], None] | None = None  # make_service: stop the reactor
+    failure: str | None = None  # the first fatal problem (a listener that cannot bind)
+
+    def fatal(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+            log.critical("{reason}", reason=reason)
+            if self.on_fatal is not None:
+                self.on_fatal(reason)
+
+    def listener_states(self) -> dict[str, str]:
+        return {name: listener.state for name, listener in self.listeners.items()}
 
     def links(self) -> dict[str, Any]:
         links: dict[str, Any] = {}
@@ -64,17 +80,29 @@ class Daemon:
         return links
 
 
-def build(config: Config, reactor: Any = None, check: bool = True) -> Daemon:
-    """Every service of the daemon, not started. Raises SchemaOutOfDate on an old database."""
+def build(
+    config: Config, reactor: Any = None, check: bool = True, on_fatal: Callable[[str], None] | None = None
+) -> Daemon:
+    """Every service of the daemon, not started. A new SQLite database gets the schema; any other that
+    is not at the newest revision raises SchemaOutOfDate."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
     # SQLite takes one writer at a time: more threads only queue in its busy handler, which sleeps and
     # stretches the tail latency (bench/RESULTS.md, HTTP API). PostgreSQL gets the configured pool.
-    threads = 1 if config.database.url.startswith("sqlite") else config.database.pool_threads
+    sqlite = config.database.url.startswith("sqlite")
+    threads = 1 if sqlite else config.database.pool_threads
     engine = make_engine(config.database.url, pool_size=threads)
     if check:
+        # The embedded default starts on an empty data directory. PostgreSQL, shared by several daemons,
+        # is migrated by the operator (`idtronic-tel migrate`), never by whichever daemon starts first.
+        if sqlite and is_empty(engine):
+            log.info(
+                "new database {url}: schema created at revision {revision}",
+                url=config.database.url,
+                revision=migrate(config.database.url),
+            )
         check_schema(engine)
     pool = DBPool(reactor, engine, threads)
     rules = Rules(config, Vault(config.keys.data_key, config.keys.hmac_key))
@@ -99,15 +127,19 @@ def build(config: Config, reactor: Any = None, check: bool = True) -> Daemon:
             poll_interval=config.callback.poll_interval,
         )
         dialer.setServiceParent(top)
-    agi = make_agi_service(reactor, config.agi, CoreIvrGateway(core), config.callback, config.voice_fallback)
-    agi.setServiceParent(top)
+    daemon = Daemon(top, core, pool, smpp, ami, on_fatal=on_fatal)
 
-    daemon = Daemon(top, core, pool, smpp, ami)
-    router = build_router(core, daemon.links)
+    agi = make_agi_factory(reactor, config.agi, CoreIvrGateway(core), config.callback, config.voice_fallback)
+    daemon.listeners["fastagi"] = Listener(
+        "fastagi", "FastAGI", "agi", agi_endpoint(reactor, config.agi), agi, daemon.fatal
+    )
+    router = build_router(core, daemon.links, daemon.listener_states)
     site = QuietSite(ApiResource(core, router, config.http, config.api))
-    http = StreamServerEndpointService(serverFromString(reactor, config.http.listen), site)
-    http.setName("http")
-    http.setServiceParent(top)
+    scheme = "https" if config.http.listen.startswith("ssl:") else "http"
+    http = serverFromString(reactor, config.http.listen)
+    daemon.listeners["http"] = Listener("http", "HTTP API", scheme, http, site, daemon.fatal)
+    for listener in daemon.listeners.values():
+        listener.setServiceParent(top)
     TimerService(HOUSEKEEPING_SECONDS, _housekeeping, core).setServiceParent(top)
     return daemon
 
@@ -118,40 +150,46 @@ def _housekeeping(core: Core) -> None:
     d.addErrback(lambda failure: log.failure("housekeeping failed", failure))
 
 
-class _PoolService(MultiService):
-    """Starts the DB thread pool before the other services and stops it after them."""
+class DaemonService(MultiService):
+    """The daemon as one service: starts the DB thread pool before the other services and stops it after
+    them; `daemon.failure` says why it stopped, when it had to."""
 
-    def __init__(self, pool: DBPool) -> None:
+    def __init__(self, daemon: Daemon) -> None:
         super().__init__()
-        self._pool = pool
+        self.daemon = daemon
 
     def startService(self) -> None:
-        self._pool.start()
+        self.daemon.pool.start()
         super().startService()
 
     def stopService(self) -> Any:
         d = super().stopService()
         if d is None:
-            self._pool.stop()
+            self.daemon.pool.stop()
             return None
 
         def stop_pool(result: Any) -> Any:
-            self._pool.stop()
+            self.daemon.pool.stop()
             return result
 
         return d.addBoth(stop_pool)
 
 
-def make_service(config: Config, reactor: Any = None) -> IService:
-    """The daemon as one service (for twistd and `idtronic-tel run`)."""
+def make_service(config: Config, reactor: Any = None, out: IO[str] | None = None) -> DaemonService:
+    """The daemon as one service (for twistd and `idtronic-tel run`); a fatal problem stops the reactor.
+    `out`: where the demo prints (stdout by default)."""
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
     if config.demo.enabled:
         from .demo import with_demo_peers
 
-        config, peers = with_demo_peers(config, reactor)
+        config, peers = with_demo_peers(config, reactor, out or sys.stdout)
     else:
         peers = None
-    daemon = build(config, reactor)
-    root = _PoolService(daemon.pool)
+    daemon = build(config, reactor, on_fatal=lambda reason: reactor.callWhenRunning(reactor.stop))
+    root = DaemonService(daemon)
     if peers is not None:
         peers.service.setServiceParent(root)
     for child in list(daemon.service):

@@ -3,19 +3,26 @@
 The built-in SMSC simulator prints every SMS; the Asterisk emulator answers callbacks with a simulated
 handset that keys the right last 8 digits. The scenario then walks the product end to end: a merchant,
 an enrollment (callback answered, digits keyed), a payment whose token SMS goes out over SMPP, and its
-confirmation with the code read from the simulator. The daemon keeps running afterwards."""
+confirmation with the code read from the simulator. It then prints what a newcomer needs to do the same
+by hand (page URLs, the merchant's key, the identification number, two curl commands), and the daemon
+keeps running. The demo merchant and its key are kept in the data directory (demo-merchant.json, mode
+0600): every run on the same data directory uses the same ones."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import socket
 import sys
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, cast
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from .config_schema import Config, SmppBindConfig
@@ -32,6 +39,8 @@ if TYPE_CHECKING:
 log = Logger()
 
 DEMO_MOBILE = "+33611223344"
+DEMO_MERCHANT = "Boutique Démo"
+MERCHANT_FILE = "demo-merchant.json"  # {"id": ..., "api_key": ...} in the data directory, mode 0600
 _DEMO_SECRET = "demo-secret"
 _DEMO_SMPP_PASSWORD = "demo"  # SMPP 3.4 passwords are at most 8 characters
 
@@ -69,9 +78,28 @@ class DemoPeers:
     service: MultiService
     smsc: smsc.SmscSimulator
     card_first8: str
+    merchant_file: Path
+    saved_merchant: dict[str, str]  # what merchant_file held at start ({} if nothing usable)
+    out: IO[str]  # where the SMS and the closing block are printed
 
 
-def with_demo_peers(config: Config, reactor: Any) -> tuple[Config, DemoPeers]:
+def read_saved_merchant(path: Path) -> dict[str, str]:
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    ok = isinstance(saved, dict) and all(isinstance(saved.get(k), str) for k in ("id", "api_key"))
+    return {"id": saved["id"], "api_key": saved["api_key"]} if ok else {}
+
+
+def save_merchant(path: Path, merchant: dict[str, str]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        json.dump({"id": merchant["id"], "api_key": merchant["api_key"]}, file)
+        file.write("\n")
+
+
+def with_demo_peers(config: Config, reactor: Any, out: IO[str] = sys.stdout) -> tuple[Config, DemoPeers]:
     """The configuration pointed at simulated peers, and the peers as services."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -110,7 +138,7 @@ def with_demo_peers(config: Config, reactor: Any) -> tuple[Config, DemoPeers]:
         _DEMO_SMPP_PASSWORD,
         receipt_delay=1.0,
         reactor=reactor,
-        echo=sys.stdout,
+        echo=out,
     )
     sms.setServiceParent(peers)
     first8, last8 = demo_card(config)
@@ -123,7 +151,9 @@ def with_demo_peers(config: Config, reactor: Any) -> tuple[Config, DemoPeers]:
         handsets,
         reactor=reactor,
     ).setServiceParent(peers)
-    return config, DemoPeers(peers, cast(smsc.SmscService, sms).simulator, first8)
+    merchant_file = config.data_dir / MERCHANT_FILE
+    simulator = cast(smsc.SmscService, sms).simulator
+    return config, DemoPeers(peers, simulator, first8, merchant_file, read_saved_merchant(merchant_file), out)
 
 
 class DemoScenario(Service):
@@ -133,9 +163,10 @@ class DemoScenario(Service):
         from twisted.internet import reactor as default_reactor
 
         self.daemon = daemon
+        self.peers = peers
         self.simulator = peers.smsc
         self.card_first8 = peers.card_first8
-        self.reactor = reactor or default_reactor
+        self.reactor: Any = reactor or default_reactor
         self.done: Deferred[dict[str, str]] | None = None
 
     def startService(self) -> None:
@@ -149,10 +180,9 @@ class DemoScenario(Service):
     async def run(self) -> dict[str, str]:
         core = self.daemon.core
         await deferLater(self.reactor, 0.5, lambda: None)
-        shop = await core.add_merchant("Boutique Démo", "demo.id-tronic.example")
+        shop = await self._merchant()
         merchant = await core.authenticate_merchant(shop["api_key"])
         assert merchant is not None
-        log.info("DEMO merchant {name} registered as {id}", name=shop["name"], id=shop["id"])
         enrolled = await core.enroll(
             {
                 "last_name": "Martin",
@@ -191,7 +221,44 @@ class DemoScenario(Service):
             status=confirmed["status"],
             sms=view["sms"],
         )
-        return {"identifier": identifier, "payment": payment["id"], "status": confirmed["status"]}
+        self.peers.out.write(try_it(self.daemon.listeners["http"].url, shop, identifier))
+        self.peers.out.flush()
+        return {
+            "identifier": identifier,
+            "payment": payment["id"],
+            "status": confirmed["status"],
+            "merchant": shop["id"],
+            "api_key": shop["api_key"],
+        }
+
+    async def _merchant(self) -> dict[str, str]:
+        """The demo merchant of earlier runs on this data directory, else a new one (saved)."""
+        core = self.daemon.core
+        saved = self.peers.saved_merchant
+        if saved and await core.authenticate_merchant(saved["api_key"]) is not None:
+            log.info(
+                "DEMO merchant {name} ({id}) from {file}",
+                name=DEMO_MERCHANT,
+                id=saved["id"],
+                file=self.peers.merchant_file,
+            )
+            return saved
+        # The key file was lost (or the database replaced): a merchant of that name gets a new key.
+        known = [m for m in await core.list_merchants() if m["name"] == DEMO_MERCHANT]
+        if known:
+            shop = await core.rotate_merchant_key(known[0]["id"])
+        else:
+            shop = await core.add_merchant(DEMO_MERCHANT, "demo.id-tronic.example")
+        merchant = {"id": shop["id"], "api_key": shop["api_key"]}
+        pool = self.reactor.getThreadPool()
+        await deferToThreadPool(self.reactor, pool, save_merchant, self.peers.merchant_file, merchant)
+        log.info(
+            "DEMO merchant {name} registered as {id}, key saved in {file}",
+            name=DEMO_MERCHANT,
+            id=merchant["id"],
+            file=self.peers.merchant_file,
+        )
+        return merchant
 
     async def _wait_for(
         self, read: Any, wanted: tuple[str, ...], seconds: float, key: str = "status"
@@ -211,3 +278,29 @@ class DemoScenario(Service):
                     return found.group(1)
             await deferLater(self.reactor, 0.25, lambda: None)
         raise RuntimeError("demo: no token SMS reached the SMSC simulator")
+
+
+def try_it(base: str, merchant: dict[str, str], identifier: str) -> str:
+    """What to do by hand now, with the values of this run: the pages, the merchant's key, the
+    cardholder, and two curl commands ready to paste (create a payment, confirm it)."""
+    auth = f"-H 'Authorization: Bearer {merchant['api_key']}' -H 'Content-Type: application/json'"
+    payment = json.dumps({"identifier": identifier, "amount": 1250, "currency": "EUR", "reference": "try-1"})
+    rule = "-" * 100
+    return f"""
+{rule}
+Try it yourself: the daemon keeps running on {base} (Ctrl-C stops it).
+  Pages               {base}/ (enrollment)   {base}/profile (personal section)
+  Demo merchant       {DEMO_MERCHANT} ({merchant["id"]}), API key {merchant["api_key"]}
+  Demo cardholder     identification number {identifier}, mobile {DEMO_MOBILE}
+  SMS                 every SMS the daemon sends is printed here, as a line "SMS <id> to {DEMO_MOBILE}: ..."
+
+1. Create a payment; its 6-digit code goes out by SMS (watch for the new SMS line):
+curl -s -X POST {base}/v1/payments {auth} -d '{payment}'
+
+2. Confirm it: put the "id" of the answer in place of PAYMENT_ID and the code in place of CODE:
+curl -s -X POST {base}/v1/payments/PAYMENT_ID/confirm {auth} -d '{{"token": "CODE"}}'
+
+The answer says "status": "validated". The same merchant and key come back on every run with this
+data directory; the API is described in docs/api.md and at {base}/v1/openapi.json.
+{rule}
+"""

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import sys
-from typing import IO, Any
+from typing import IO
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     LogEvent,
     LogLevel,
     LogLevelFilterPredicate,
+    PredicateResult,
     eventAsText,
     globalLogBeginner,
     textFileLogObserver,
@@ -42,14 +45,36 @@ class JsonLinesObserver:
         self._stream.flush()
 
 
-def start_logging(level: LogLevel = LogLevel.info) -> None:
-    """Text on a terminal, JSON lines otherwise (for the operator's log shipper)."""
-    stream: Any = sys.stdout
+# Twisted's own lines for each factory and port ("Starting factory <...Factory object at 0x7f...>",
+# "Site starting on 8080", "(TCP Port 8080 Closed)"): the daemon says what listens where itself.
+_TWISTED_CHATTER = frozenset({"Starting factory {factory!r}", "Stopping factory {factory!r}"})
+_PORT_CHATTER = re.compile(r"\w+ starting on \d+|\(\w+ Port \d+ Closed\)")
+
+
+@implementer(ILogFilterPredicate)
+class TwistedChatterAsDebug:
+    """Treats Twisted's per-factory and per-port lines as debug: shown only when debug is."""
+
+    def __init__(self, level: LogLevel) -> None:
+        self._shown = level <= LogLevel.debug
+
+    def __call__(self, event: LogEvent) -> PredicateResult:
+        if self._shown:
+            return PredicateResult.maybe
+        if event.get("log_format") in _TWISTED_CHATTER:
+            return PredicateResult.no
+        message = event.get("message") if event.get("log_namespace") == "log_legacy" else None
+        if message and _PORT_CHATTER.fullmatch(str(message[0])):
+            return PredicateResult.no
+        return PredicateResult.maybe
+
+
+def start_logging(level: LogLevel = LogLevel.info, stream: IO[str] | None = None) -> None:
+    """Text on a terminal, JSON lines otherwise (for the operator's log shipper); stdout by default."""
+    stream = stream or sys.stdout
     observer = textFileLogObserver(stream) if stream.isatty() else JsonLinesObserver(stream)
-    globalLogBeginner.beginLoggingTo(
-        [FilteringLogObserver(observer, [LogLevelFilterPredicate(defaultLogLevel=level)])],
-        redirectStandardIO=False,
-    )
+    predicates = [TwistedChatterAsDebug(level), LogLevelFilterPredicate(defaultLogLevel=level)]
+    globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, predicates)], redirectStandardIO=False)
 
 
 def run(config: Config, demo: bool = False) -> int:
@@ -68,7 +93,7 @@ def run(config: Config, demo: bool = False) -> int:
     def start() -> None:
         try:
             service.startService()
-        except BaseException as exc:  # a port in use: stop cleanly, say why, exit 1
+        except BaseException as exc:  # stop cleanly, say why, exit 1
             failed.append(exc)
             reactor.stop()
 
@@ -79,6 +104,9 @@ def run(config: Config, demo: bool = False) -> int:
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
+    if service.daemon.failure is not None:  # a listener that cannot bind: already logged
+        sys.stderr.write(f"idtronic-tel: {service.daemon.failure}\n")
+        return 1
     if failed:
         sys.stderr.write(f"idtronic-tel: could not start: {failed[0]}\n")
         return 1

@@ -1,5 +1,7 @@
 """Shared fixtures: a migrated database (SQLite file, or a fresh PostgreSQL database), the core's rules
-with a controllable clock, and the PostgreSQL policy (skip when unreachable, fail on CI)."""
+with a controllable clock, and the PostgreSQL policy (skip when unreachable, fail on CI).
+
+Under CI=true a skipped test fails the run: CI proves the whole suite, so nothing may quietly not run."""
 
 from __future__ import annotations
 
@@ -108,6 +110,36 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
     else:
         yield from fresh_pg_database()
+
+
+_skipped_on_ci: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if ON_CI and report.skipped and not hasattr(report, "wasxfail"):
+        _skipped_on_ci.append(f"{report.nodeid}: {_skip_reason(report)}")
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if ON_CI and report.skipped:
+        _skipped_on_ci.append(f"{report.nodeid}: {_skip_reason(report)}")
+
+
+def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    longrepr = report.longrepr
+    return str(longrepr[2]) if isinstance(longrepr, tuple) else str(longrepr)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _skipped_on_ci and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _skipped_on_ci:
+        terminalreporter.section("skipped under CI=true: the run fails", red=True)
+        for line in _skipped_on_ci:
+            terminalreporter.line(line)
 
 
 class BlockingCore:

@@ -233,12 +233,13 @@ def test_env_parser_rejects_garbage() -> None:
 # -- encoder -------------------------------------------------------------------------------------------
 
 
-def _recorded_commands() -> list[bytes]:
-    return [ln.data for name in SESSIONS for ln in transcripts.load(name) if ln.direction == "out"]
+@pytest.mark.parametrize("name", SESSIONS)
+def test_encoder_matches_recorded_commands(name: str) -> None:
+    for line in [ln.data for ln in transcripts.load(name) if ln.direction == "out"]:
+        check_encoder(line)
 
 
-@pytest.mark.parametrize("line", _recorded_commands(), ids=lambda b: b.decode().strip()[:40] or "empty")
-def test_encoder_matches_recorded_commands(line: bytes) -> None:
+def check_encoder(line: bytes) -> None:
     text = line.decode()[:-1]
     if "\r" in text:
         # We never write CRLF: Asterisk keeps the \r in the last argument (ANSWER\r -> 510).

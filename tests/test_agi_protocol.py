@@ -21,7 +21,10 @@ from idtronic_tel.ivr.agi_protocol import (
 )
 from tests import transcripts
 
-ENV = transcripts.stream("agi-full-enroll-fr.txt", "in").split(b"\n\n")[0] + b"\n\n"
+
+def env_block() -> bytes:
+    """The environment block Asterisk sent first in a real session."""
+    return transcripts.stream("agi-full-enroll-fr.txt", "in").split(b"\n\n")[0] + b"\n\n"
 
 
 class Harness:
@@ -69,16 +72,16 @@ def result_of(d: Deferred[Any]) -> Any:
 
 def started(command_timeout: float = 5.0) -> Harness:
     h = Harness(command_timeout)
-    h.feed(ENV)
+    h.feed(env_block())
     assert h.started.called
     return h
 
 
 def test_env_then_handler_and_close_at_end() -> None:
     h = Harness()
-    h.feed(ENV[:100])
+    h.feed(env_block()[:100])
     assert not h.started.called
-    h.feed(ENV[100:])
+    h.feed(env_block()[100:])
     assert h.session.env is not None and h.session.env.script == "enroll"
     assert h.session.env.args == ("full-enroll-fr", "")
     h.release.callback(None)
@@ -345,5 +348,5 @@ def test_handler_exception_still_closes() -> None:
 
     session = AgiSession(handler, clock, 5.0)
     session.makeConnection(transport)
-    session.dataReceived(ENV)
+    session.dataReceived(env_block())
     assert transport.disconnecting

@@ -1,14 +1,17 @@
-"""The HTTP contract of ../shared/design/API.md over a real loopback socket: every route, every error row,
+"""The HTTP contract of docs/api.md over a real loopback socket: every route, every error row,
 bad input never a 500, and the OpenAPI document describing what the routes really answer."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import jsonschema
 import pytest
 import pytest_twisted
+import treq
 from apiharness import OPERATOR_KEY, ApiHarness, api_config
 from conftest import test_config
 from domain_helpers import FIRST8, LAST8
@@ -17,6 +20,9 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 
 from idtronic_tel.api.app import build_router
+from idtronic_tel.api.errors import STATUS
+from idtronic_tel.api.resource import REASONS
+from idtronic_tel.api.routing import Call, Reply
 
 PAYMENT = {"amount": 4990, "currency": "EUR", "reference": "order-42"}
 
@@ -381,6 +387,55 @@ async def test_health_metrics_and_pages(harness: ApiHarness) -> None:
     page = await h.call("GET", "/")
     assert page.status == 200 and b'<form id="enroll-form"' in page.body
     assert "default-src 'self'" in (page.header("content-security-policy") or "")
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_is_degraded_but_200_when_a_listener_or_link_is_down(harness: ApiHarness) -> None:
+    def health(links: dict[str, Any], listeners: dict[str, str]) -> Deferred[Reply]:
+        router = build_router(harness.core, lambda: links, lambda: listeners)
+        route = next(r for r in router.routes if r.template == "/healthz")
+        return Deferred.fromCoroutine(route.handler(Call(None, {}, {}, "127.0.0.1")))  # type: ignore[arg-type]
+
+    up = {"http": "up", "fastagi": "up"}
+    fine = await health({"ami": "up", "smpp": {"smsc1": "bound"}}, up)
+    assert (fine.status, fine.body["status"], fine.body["listeners"]) == (200, "ok", up)
+    for links, listeners in [
+        ({"ami": "down", "smpp": "not configured"}, up),
+        ({"ami": "not configured", "smpp": {"smsc1": "bound", "smsc2": "down"}}, up),
+        ({"ami": "up", "smpp": "not configured"}, {"http": "up", "fastagi": "down"}),
+    ]:
+        degraded = await health(links, listeners)
+        assert (degraded.status, degraded.body["status"]) == (200, "degraded"), (links, listeners)
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_status_has_its_reason_phrase_and_a_wrong_check_digit_says_so(
+    harness: ApiHarness, sqlite_url: str
+) -> None:
+    h = harness
+    sent = {s for r in build_router(h.core, dict).routes for s in r.responses} | set(STATUS.values())
+    assert sent | {500} <= set(REASONS)
+    key, identifier, _ = await ready(h)
+    typo = identifier[:9] + str((int(identifier[9]) + 1) % 10)
+    headers = {"authorization": [f"Bearer {key}"], "content-type": ["application/json"]}
+    for wrong, problem in [(typo, "wrong check digit"), ("123456789", "a 10-digit identification number")]:
+        body = json.dumps({**PAYMENT, "identifier": wrong}).encode()
+        answer = await treq.post(h.base + "/v1/payments", body, headers=headers, persistent=False)
+        assert (answer.code, answer.phrase) == (422, b"Unprocessable Content")
+        assert (await answer.json())["fields"]["identifier"].startswith(problem)
+    limited = ApiHarness(sqlite_url, api_config(test_config(), public_requests_per_minute=1))
+    try:
+        for expected in (b"Accepted", b"Too Many Requests"):
+            answer = await treq.post(
+                limited.base + "/v1/profile/challenges",
+                json.dumps({"identifier": identifier}).encode(),
+                headers={"content-type": ["application/json"]},
+                persistent=False,
+            )
+            await answer.content()
+            assert answer.phrase == expected
+    finally:
+        await limited.stop()
 
 
 @pytest_twisted.ensureDeferred

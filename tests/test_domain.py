@@ -1,4 +1,4 @@
-"""Domain rules of PRODUCT.md §1-§6, on SQLite and PostgreSQL, without a reactor."""
+"""Domain rules of docs/rules.md §1-§6, on SQLite and PostgreSQL, without a reactor."""
 
 from __future__ import annotations
 

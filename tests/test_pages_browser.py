@@ -8,7 +8,7 @@ a wrong code is refused, the right one opens the session, a change of first name
 
 The browser runs in a thread (Selenium blocks) while the reactor serves the pages; whatever the browser
 scenario needs from the daemon side goes through `blockingCallFromThread`. Skips when Chromium, chromedriver
-or the selenium package is missing, except on CI (CI=true), where it fails: scripts/install-browser
+or the selenium package is missing, except on CI (CI=true), where it fails: scripts/install-test-tools
 installs the browser.
 """
 
@@ -52,7 +52,7 @@ CHROMIUM_FLAGS = (
 
 def _missing() -> list[str]:
     """What the browser test lacks on this machine (nothing: it can run)."""
-    missing = [f"{path} (scripts/install-browser)" for path in (CHROMIUM, CHROMEDRIVER)]
+    missing = [f"{path} (scripts/install-test-tools)" for path in (CHROMIUM, CHROMEDRIVER)]
     missing = [
         text
         for text, path in zip(missing, (CHROMIUM, CHROMEDRIVER), strict=True)

@@ -122,8 +122,8 @@ def test_regenerating_the_prompts_gives_identical_bytes(tmp_path: Path) -> None:
     missing = [tool for tool in ("espeak-ng", "sox", "soxi") if shutil.which(tool) is None]
     if missing:
         pytest.skip(
-            f"not installed: {', '.join(missing)} (apt-get install espeak-ng sox), so the byte-for-byte "
-            "regeneration is not checked; skipped under CI=true too, as the CI machine may lack them"
+            f"not installed: {', '.join(missing)} (scripts/install-test-tools installs them), so the "
+            "byte-for-byte regeneration is not checked"
         )
     recorded = (SOUNDS / "GENERATED-WITH").read_text(encoding="utf-8").split()
     installed = subprocess.run(

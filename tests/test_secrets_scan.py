@@ -1,6 +1,6 @@
-"""No secret leaks (PRODUCT.md §1.7, §6, API.md): the whole daemon runs a full flow on loopback with every
-log captured, then every captured log text and event, every text column of every table, and the AGI
-command stream the emulated Asterisk received are scanned for the secrets the flow handled.
+"""No secret leaks (docs/rules.md §1.7, §6, docs/api.md): the whole daemon runs a full flow on loopback
+with every log captured, then every captured log text and event, every text column of every table, and
+the AGI command stream the emulated Asterisk received are scanned for the secrets the flow handled.
 
 The daemon is `idtronic_tel.daemon.build` (the same parts as `make_service`) wired to the built-in SMSC
 simulator and the Asterisk emulator with two simulated handsets: one keys the right last 8 digits, the

@@ -1,6 +1,6 @@
 """Load the recorded Asterisk transcripts (tests/recorded/*.txt) as raw bytes.
 
-Line formats (AMI.md, AGI.md):
+Line formats (docs/protocols/AMI.md, docs/protocols/AGI.md):
     ``   0.003 AST> 'Response: Success\\r\\n'``     repr of the raw line (current format)
     ``   0.006 >AST Action: Login``                   older format: no repr, line ending stripped
     ``   1.035 AST>[2] '...'``                        a 2nd/3rd connection in the same file

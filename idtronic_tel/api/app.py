@@ -1,4 +1,4 @@
-"""Every route of ../shared/design/API.md, with its handler: merchants, cardholders, operator, service."""
+"""Every route of docs/api.md, with its handler: merchants, cardholders, operator, service."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from .errors import ApiError
 from .routing import Call, Reply, Route, Router
 
 Links = Callable[[], dict[str, Any]]
+Listeners = Callable[[], dict[str, str]]
 
 IDENTITY = (
     Field("last_name", "string", max_length=100),
@@ -57,8 +58,9 @@ def _token(call: Call) -> str:
     return str(token)
 
 
-def build_router(core: Core, links: Links) -> Router:
-    """The routes, bound to the core."""
+def build_router(core: Core, links: Links, listeners: Listeners = dict) -> Router:
+    """The routes, bound to the core; `links` and `listeners` give the state of the daemon's links
+    (AMI, SMPP binds) and listeners (HTTP, FastAGI) for health and status."""
 
     # ---- merchant ------------------------------------------------------------------------------------
     async def create_payment(call: Call) -> Reply:
@@ -165,8 +167,15 @@ def build_router(core: Core, links: Links) -> Router:
             database = await core.ping_database()
         except Exception:
             database = False
-        body = {"database": "up" if database else "down", "links": links()}
-        return Reply(200 if database else 503, {"status": "ok" if database else "degraded", **body})
+        listening, linked = listeners(), links()
+        down = "down" in listening.values() or any(
+            state == "down" or (isinstance(state, dict) and "down" in state.values())
+            for state in linked.values()
+        )
+        # 503 only when the database does not answer: a link down leaves the daemon able to serve.
+        status = "ok" if database and not down else ("degraded" if database else "down")
+        body = {"database": "up" if database else "down", "listeners": listening, "links": linked}
+        return Reply(200 if database else 503, {"status": status, **body})
 
     async def metrics(call: Call) -> Reply:
         return Reply(200, generate_latest(), content_type=CONTENT_TYPE_LATEST)

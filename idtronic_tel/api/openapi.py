@@ -126,8 +126,13 @@ SCHEMAS: dict[str, Any] = {
     },
     "Health": {
         "type": "object",
-        "required": ["status", "database", "links"],
-        "properties": {"status": _STR, "database": {"enum": ["up", "down"]}, "links": {"type": "object"}},
+        "required": ["status", "database", "listeners", "links"],
+        "properties": {
+            "status": {"enum": ["ok", "degraded", "down"]},
+            "database": {"enum": ["up", "down"]},
+            "listeners": {"type": "object", "additionalProperties": {"enum": ["up", "down"]}},
+            "links": {"type": "object"},
+        },
     },
 }
 

@@ -1,7 +1,7 @@
 """In-memory token buckets for the API's per-key and per-address limits.
 
 Each daemon keeps its own buckets: with N daemons behind a load balancer a client gets at most N times
-the configured rate, which the README states. The per-cardholder token limit of PRODUCT §4 is not
+the configured rate, which the README states. The per-cardholder token limit of docs/rules.md §4 is not
 here: it is counted in the database, so it holds across daemons."""
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import hmac
 import json
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 from prometheus_client import Counter, Histogram
@@ -26,6 +27,13 @@ from .ratelimit import per_hour, per_minute
 from .routing import Call, Reply, Route, Router
 
 log = Logger()
+
+# The reason phrase of every status the API sends, as RFC 9110 names them (Twisted knows neither 422 nor
+# 429 and would send "Unknown Status").
+REASONS = {
+    status: HTTPStatus(status).phrase.encode()
+    for status in (200, 201, 202, 204, 400, 401, 404, 405, 409, 415, 429, 500, 503)
+} | {413: b"Content Too Large", 422: b"Unprocessable Content"}
 
 REQUESTS = Counter("idtronic_http_requests", "HTTP requests answered", ["route", "method", "status"])
 LATENCY = Histogram(
@@ -182,7 +190,7 @@ class ApiResource(Resource):
 
     def _write(self, result: tuple[str, Reply], request: IRequest, started: float) -> None:
         template, reply = result
-        request.setResponseCode(reply.status)
+        request.setResponseCode(reply.status, REASONS.get(reply.status))
         request.setHeader("content-type", reply.content_type)
         request.setHeader("cache-control", "no-store")
         for name, value in reply.headers.items():

@@ -1,4 +1,4 @@
-"""The append-only audit trail (PRODUCT §6): who, what, when. Callers pass no secrets in `detail`."""
+"""The append-only audit trail (docs/rules.md §6): who, what, when. Callers pass no secrets in `detail`."""
 
 from __future__ import annotations
 

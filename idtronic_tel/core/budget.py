@@ -1,4 +1,4 @@
-"""The failure budget (PRODUCT §4): one counter per cardholder shared by every channel."""
+"""The failure budget (docs/rules.md §4): one counter per cardholder shared by every channel."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Callbacks through Asterisk: the queue the AMI dialer drains (ports.CallbackQueue) and the verdicts
-the IVR asks for (ports.IvrGateway). PRODUCT §1.5, §1.6, §3.2, §4."""
+the IVR asks for (ports.IvrGateway). docs/rules.md §1.5, §1.6, §3.2, §4."""
 
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def _end_attempt(
     outcome: AttemptOutcome,
     detail: str,
 ) -> None:
-    """A call that ended without a verdict: retry later, or give up after max_calls (PRODUCT §1.5)."""
+    """A call that ended without a verdict: retry later, or give up after max_calls (docs/rules.md §1.5)."""
     _finish_attempt(rules, attempt, outcome, detail)
     if request.state != CallbackState.IN_CALL:
         return
@@ -327,7 +327,7 @@ def resolve_stale(s: Session, rules: Rules) -> int:
 
 def schedule_voice_fallbacks(s: Session, rules: Rules) -> int:
     """A payment token whose SMS is undeliverable, or has no receipt after `no_receipt_after`, is read out
-    by phone (PRODUCT §2, voice fallback; off by default)."""
+    by phone (docs/rules.md §2, voice fallback; off by default)."""
     cfg = rules.config.voice_fallback
     if not cfg.enabled:
         return 0

@@ -48,5 +48,10 @@ def new_identifier() -> str:
     return body + luhn_check_digit(body)
 
 
-def is_identifier(value: object) -> bool:
-    return isinstance(value, str) and len(value) == 10 and luhn_valid(value)
+def identifier_problem(value: object) -> str | None:
+    """What is wrong with an identification number, fit to show; None when it is well formed."""
+    if not (isinstance(value, str) and len(value) == 10 and value.isascii() and value.isdigit()):
+        return "a 10-digit identification number"
+    if not luhn_valid(value):
+        return "wrong check digit: the last digit does not match the other nine (a typing error?)"
+    return None

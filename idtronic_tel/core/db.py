@@ -14,7 +14,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Engine, create_engine, event, inspect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import sessionmaker
 from twisted.internet import threads
@@ -95,6 +95,12 @@ def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
     assert head is not None
     return head
+
+
+def is_empty(engine: Engine) -> bool:
+    """No table at all: a database just created (SQLite creates the file on first connection)."""
+    with engine.connect() as conn:
+        return not inspect(conn).get_table_names()
 
 
 def check_schema(engine: Engine) -> None:

@@ -1,4 +1,4 @@
-"""Enrollment (PRODUCT §1): identity, mobile and the first 8 card digits in; an identification number
+"""Enrollment (docs/rules.md §1): identity, mobile and the first 8 card digits in; an identification number
 out; a callback queued. The last 8 digits only ever arrive by phone (see callbacks.py)."""
 
 from __future__ import annotations

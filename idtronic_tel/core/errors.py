@@ -31,7 +31,7 @@ class NotFound(DomainError):
 
 
 class PaymentRefused(DomainError):
-    """Unknown, locked or suspended cardholder: the same answer for all three (PRODUCT §2.8); `reason`
+    """Unknown, locked or suspended cardholder: the same answer for all three (docs/rules.md §2.8); `reason`
     says which, for the operator's log only."""
 
     code = "payment_refused"

@@ -1,4 +1,4 @@
-"""Purchases (PRODUCT §2): a payment, its single-use token and its SMS, created in one transaction;
+"""Purchases (docs/rules.md §2): a payment, its single-use token and its SMS, created in one transaction;
 confirmation, resend, cancel; merchant isolation (another merchant's payment does not exist)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import audit, budget, tokens
-from .cards import is_identifier
+from .cards import identifier_problem
 from .crypto import public_id
 from .currencies import CODES, format_amount
 from .errors import (
@@ -189,8 +189,9 @@ def view(s: Session, rules: Rules, payment: Payment, sms: str | None = None) -> 
 
 def _validate(body: dict[str, Any]) -> None:
     problems: dict[str, str] = {}
-    if not is_identifier(body.get("identifier")):
-        problems["identifier"] = "a 10-digit identification number"
+    identifier = identifier_problem(body.get("identifier"))
+    if identifier is not None:
+        problems["identifier"] = identifier
     amount = body.get("amount")
     if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount <= 10**12:
         problems["amount"] = "an integer number of minor units, greater than 0"

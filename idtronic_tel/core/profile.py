@@ -1,4 +1,4 @@
-"""The personal section (PRODUCT §3): an SMS token opens a session with an idle expiry; a new mobile
+"""The personal section (docs/rules.md §3): an SMS token opens a session with an idle expiry; a new mobile
 number is used only once a callback to it succeeded, and the old number is told of the request."""
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _session_holder(s: Session, rules: Rules, secret: str) -> Cardholder:
 
 
 def _masked_card(rules: Rules, holder: Cardholder) -> str | None:
-    """At most the first 6 and the last 4 digits (PRODUCT §1.7)."""
+    """At most the first 6 and the last 4 digits (docs/rules.md §1.7)."""
     if holder.card_enc is None:
         return None
     pan = rules.vault.decrypt("card", holder.card_enc)

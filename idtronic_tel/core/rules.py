@@ -40,7 +40,8 @@ class Rules:
         return self.hours[0] <= minute < self.hours[1]
 
     def next_call_time(self, earliest: dt.datetime) -> dt.datetime:
-        """`earliest`, or the start of the next calling window when it falls outside one (PRODUCT §1.5)."""
+        """`earliest`, or the start of the next calling window when it falls outside one
+        (docs/rules.md §1.5)."""
         if self.in_calling_hours(earliest):
             return earliest
         local = earliest.astimezone(self.zone)

@@ -80,7 +80,7 @@ class StoredStates(Transitions[S, S]):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Payments (PRODUCT §2)
+# Payments (docs/rules.md §2)
 
 
 class PaymentStatus(enum.StrEnum):
@@ -101,7 +101,7 @@ PAYMENT = StoredStates(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Cardholders (PRODUCT §1): the enrollment's progress. Locked and suspended are separate flags.
+# Cardholders (docs/rules.md §1): the enrollment's progress. Locked and suspended are separate flags.
 
 
 class CardholderStatus(enum.StrEnum):
@@ -125,7 +125,7 @@ CARDHOLDER = StoredStates(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Callback requests and their attempts (PRODUCT §1.5, §1.6)
+# Callback requests and their attempts (docs/rules.md §1.5, §1.6)
 
 
 class CallbackState(enum.StrEnum):

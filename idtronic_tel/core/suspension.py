@@ -1,4 +1,4 @@
-"""Suspension of the whole service, one merchant or one cardholder (PRODUCT §5)."""
+"""Suspension of the whole service, one merchant or one cardholder (docs/rules.md §5)."""
 
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ def token_digest(rules: Rules, challenge_purpose: str, token: str) -> str:
 
 
 def check_rate(s: Session, rules: Rules, holder: Cardholder) -> None:
-    """At most `per_cardholder_limit` tokens per window (PRODUCT §4)."""
+    """At most `per_cardholder_limit` tokens per window (docs/rules.md §4)."""
     since = rules.now() - dt.timedelta(seconds=rules.config.tokens.per_cardholder_window)
     # One query on the (cardholder_id, created_at) index.
     count, oldest = s.execute(_RECENT, {"b_holder": holder.id, "b_since": since}).one()

@@ -69,7 +69,7 @@ class LineSplitter:
 # Environment block
 
 
-# The order Asterisk writes the block in (AGI.md); agi_arg_N follow.
+# The order Asterisk writes the block in (docs/protocols/AGI.md); agi_arg_N follow.
 ENV_ORDER: tuple[str, ...] = (
     "agi_network",
     "agi_network_script",

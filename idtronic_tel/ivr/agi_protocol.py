@@ -3,7 +3,8 @@
     reply = await session.command("GET DATA", "idtronic-enter-last8", "10000", "8")
 
 One command at a time: a line written while STREAM FILE or GET DATA runs makes real Asterisk abort that
-command without replying (AGI.md, pipelining), so a second concurrent call is a programming error here.
+command without replying (docs/protocols/AGI.md, pipelining), so a second concurrent call is a
+programming error here.
 Every command has a timeout (`command_timeout`); after a timeout the session is unusable (a late reply
 could be paired with the next command), so it is closed.
 

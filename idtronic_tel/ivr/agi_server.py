@@ -10,8 +10,8 @@ Any other script gets a polite refusal (prompt, hang-up) and a log line. Whateve
 session closes the socket at the end: Asterisk never closes it itself and the channel would leak.
 
 The listen backlog matters: with a short one, connections that complete through SYN cookies are reset and
-Asterisk reports AGISTATUS=SUCCESS for sessions the server never saw (AGI.md). The configured backlog is
-put into the endpoint string.
+Asterisk reports AGISTATUS=SUCCESS for sessions the server never saw (docs/protocols/AGI.md). The
+configured backlog is put into the endpoint string.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
@@ -135,15 +136,14 @@ async def refuse_unknown_script(session: AgiSession) -> None:
         pass  # the caller left or Asterisk failed: the session closes anyway
 
 
-def make_agi_service(
+def make_agi_factory(
     reactor: Clock,
     agi: AgiConfig,
     gateway: IvrGateway,
     callback: CallbackConfig,
     voice: VoiceFallbackConfig,
-) -> Service:
-    """The FastAGI listener as a service for the daemon's MultiService."""
-    factory = AgiServerFactory(
+) -> AgiServerFactory:
+    return AgiServerFactory(
         clock=reactor,
         gateway=gateway,
         settings=FlowSettings.from_config(callback, voice),
@@ -151,7 +151,23 @@ def make_agi_service(
         voice_token_enabled=voice.enabled,
         language=agi.language,
     )
-    endpoint = serverFromString(reactor, with_backlog(agi.listen, agi.backlog))
-    service = StreamServerEndpointService(endpoint, factory)
+
+
+def agi_endpoint(reactor: Clock, agi: AgiConfig) -> IStreamServerEndpoint:
+    """agi.listen with agi.backlog in it."""
+    endpoint: IStreamServerEndpoint = serverFromString(reactor, with_backlog(agi.listen, agi.backlog))
+    return endpoint
+
+
+def make_agi_service(
+    reactor: Clock,
+    agi: AgiConfig,
+    gateway: IvrGateway,
+    callback: CallbackConfig,
+    voice: VoiceFallbackConfig,
+) -> Service:
+    """The FastAGI listener as a plain service (the daemon wraps the same parts in its Listener)."""
+    factory = make_agi_factory(reactor, agi, gateway, callback, voice)
+    service = StreamServerEndpointService(agi_endpoint(reactor, agi), factory)
     service.setName("fastagi")
     return service

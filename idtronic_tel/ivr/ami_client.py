@@ -6,7 +6,7 @@
 * `expect_originate_response(action_id)` waits for the `OriginateResponse` event of an Async Originate on
   ANY session: Asterisk sends that event to every logged-in session, including one opened after the
   originating session was dropped (ami-drop-kicked-session.txt), so the ActionID alone correlates it.
-* `originate_outcome()` maps the event to the core's `CallOutcome` (ORIGINATE-OUTCOMES.md).
+* `originate_outcome()` maps the event to the core's `CallOutcome` (docs/protocols/ORIGINATE-OUTCOMES.md).
 """
 
 from __future__ import annotations
@@ -174,7 +174,8 @@ class AmiClient(Service):
         self.login_attempts = 0
         self._current = proto
         self.log.info(
-            "AMI logged in as {username} ({banner})",
+            "AMI link up on {endpoint}: logged in as {username} ({banner})",
+            endpoint=self.config.endpoint,
             username=self.config.username,
             banner=loggable(proto.banner),
         )

@@ -1,6 +1,6 @@
 """Asterisk Manager Interface framing, without I/O (sans-I/O, in the style of h11).
 
-Wire format, as recorded from Asterisk 22.10.1 (../shared/protocols/AMI.md):
+Wire format, as recorded from Asterisk 22.10.1 (docs/protocols/AMI.md):
 
 * on connect the server sends one banner line ``Asterisk Call Manager/11.0.0\\r\\n`` and no blank line;
 * then messages in both directions: ``Key: Value\\r\\n`` lines ended by an empty line ``\\r\\n``;

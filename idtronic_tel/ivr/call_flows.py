@@ -1,4 +1,4 @@
-"""The IVR call flows (PRODUCT.md §1.6, §3.2, voice fallback), as explicit state machines.
+"""The IVR call flows (docs/rules.md §1.6, §3.2, voice fallback), as explicit state machines.
 
 Each flow is an enum of states, one transition table `(state, event) -> state` (core.states.Transitions),
 and one action per state that talks to the channel or the core and returns the event. `step()` runs one

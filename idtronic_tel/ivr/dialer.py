@@ -1,6 +1,6 @@
 """Callback dialer: drains the core's `CallbackQueue` into AMI `Originate` actions.
 
-One rule above all (PRODUCT.md §1.5): a reconnect never places a second call for the same attempt.
+One rule above all (docs/rules.md §1.5): a reconnect never places a second call for the same attempt.
 
 * Jobs are claimed only while AMI is logged in; otherwise they stay queued.
 * `mark_originated` is recorded BEFORE the Originate is written. If the daemon crashes after writing, the

@@ -57,7 +57,8 @@ log = Logger()
 SAMPLE_RATE = 8000  # endpos is in 8 kHz samples
 DTMF_TONE_SECONDS = 0.12  # SendDTMF(digits,250,120): a digit is received at the end of its tone
 
-# Durations of the stock sounds used in the recordings (BENCH-DIALPLAN.md), in samples, per language.
+# Durations of the stock sounds used in the recordings (docs/protocols/BENCH-DIALPLAN.md), in samples,
+# per language.
 STOCK_SOUNDS: Mapping[str, Mapping[str, int]] = {
     "fr": {"agent-pass": 23840, "vm-enter-num-to-call": 19200, "demo-congrats": 233760, "beep": 3520},
     "en": {"agent-pass": 26400, "vm-enter-num-to-call": 19200, "demo-congrats": 242240, "beep": 3520},

@@ -1,6 +1,6 @@
 """AMI side of the Asterisk emulator: enough of Asterisk 22.10.1's manager to run the daemon without a PBX.
 
-Reproduces the recorded behaviour (../shared/protocols/AMI.md, ORIGINATE-OUTCOMES.md, transcripts/ami-*.txt):
+Reproduces the recorded behaviour (docs/protocols/AMI.md and ORIGINATE-OUTCOMES.md, tests/recorded/ami-*.txt):
 banner, Challenge/Login (MD5 key or plain secret; a refusal comes 1.0 s later, then the socket closes),
 `Permission denied` before login, Ping/Pong, CoreStatus, CoreShowChannels/Status, unknown actions, Logoff,
 and `Originate`. An Async Originate is answered `Originate successfully queued` at once; then ONE
@@ -54,7 +54,7 @@ AgiRunner = Callable[[Any, str, dict[str, str], Handset], Coroutine[Any, Any, st
 SHUTTING_DOWN = "Asterisk is shutting down"
 PRE_LOGIN = frozenset({"login", "challenge", "logoff"})
 
-# OriginateResponse Reason values (Asterisk's AST_CONTROL_* codes), see ORIGINATE-OUTCOMES.md.
+# OriginateResponse Reason values (Asterisk's AST_CONTROL_* codes), see docs/protocols/ORIGINATE-OUTCOMES.md.
 REASON_HANGUP, REASON_NO_ANSWER, REASON_ANSWERED, REASON_BUSY, REASON_CONGESTION = 0, 3, 4, 5, 8
 CAUSE_TEXT = {
     0: "Unknown",

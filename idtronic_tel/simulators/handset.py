@@ -1,7 +1,7 @@
 """Simulated handsets: how an emulated callee answers a call and what it keys.
 
 The script syntax is the one of the `callee-seq` context used to record the real Asterisk transcripts
-(../shared/protocols/BENCH-DIALPLAN.md): `|`-separated steps, `w<seconds>` waits, `d<digits>` keys DTMF
+(docs/protocols/BENCH-DIALPLAN.md): `|`-separated steps, `w<seconds>` waits, `d<digits>` keys DTMF
 (250 ms between digits), `h` hangs up. Example: ``w1|d12345678#|w6|h``.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 
 class Answer(enum.StrEnum):
-    """What the callee does when the call rings (see ../shared/protocols/ORIGINATE-OUTCOMES.md)."""
+    """What the callee does when the call rings (see docs/protocols/ORIGINATE-OUTCOMES.md)."""
 
     ANSWER = "answer"  # OriginateResponse Success, Reason 4, then the call runs the FastAGI session
     BUSY = "busy"  # Failure, Reason 5

@@ -2,9 +2,10 @@
 
 It accepts binds (checking system_id and password: ESME_RINVPASWD otherwise), answers enquire_link and
 unbind, gives each submit_sm a message id of 8 upper-case hex digits as node-smpp does, sends a delivery
-receipt after `receipt_delay` seconds with `receipt_status`, and prints each message on stdout (the one
+receipt after `receipt_delay` seconds with `receipt_status` (unless receipts are off), answers
+ESME_RTHROTTLED to the submits beyond `max_tps` in a second, and prints each message on stdout (the one
 place in the package that shows an SMS text: it is a simulator) and/or appends it to a JSON-lines file.
-Run it with `idtronic-tel smsc-sim` (see `main`).
+Run it with `idtronic-tel smsc-sim` (options: `add_arguments`; docs/operator.md).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ..smpp import codec
 
@@ -85,6 +87,8 @@ class SmscSimulator:
         receipt_status: str = "DELIVRD",
         record_path: str | None = None,
         echo: IO[str] | None = None,
+        receipts: bool = True,
+        max_tps: int = 0,
     ) -> None:
         if receipt_status not in _MESSAGE_STATES:
             raise ValueError(f"unknown receipt status {receipt_status!r}")
@@ -95,11 +99,26 @@ class SmscSimulator:
         self.receipt_status = receipt_status
         self.record_path = record_path
         self.echo = echo
+        self.receipts = receipts  # off: no receipt even when the ESME asks for one
+        self.max_tps = max_tps  # submits accepted per second (0: no limit); the others are throttled
+        self._second, self._submits_this_second = -1, 0
         self.messages: list[ReceivedMessage] = []
         self.next_id = 1
         self.receivers: list[SmscProtocol] = []
         self.connections: set[SmscProtocol] = set()
         self.timers: set[IDelayedCall] = set()
+
+    def admit_submit(self) -> bool:
+        """False when this second's quota of submits is used up (the ESME gets ESME_RTHROTTLED)."""
+        if not self.max_tps:
+            return True
+        second = int(self.clock.seconds())
+        if second != self._second:
+            self._second, self._submits_this_second = second, 0
+        if self._submits_this_second >= self.max_tps:
+            return False
+        self._submits_this_second += 1
+        return True
 
     def new_message_id(self) -> str:
         message_id = f"{self.next_id:08X}"
@@ -195,6 +214,9 @@ class SmscProtocol(Protocol):
         if self.bound_as not in ("bind_transceiver", "bind_transmitter"):
             self.write(codec.encode_header_only(0x80000004, pdu.sequence, codec.ESME_RINVBNDSTS))
             return
+        if not self.simulator.admit_submit():
+            self.write(codec.encode_header_only(0x80000004, pdu.sequence, codec.ESME_RTHROTTLED))
+            return
         body = pdu.body
         message = ReceivedMessage(
             message_id=self.simulator.new_message_id(),
@@ -208,7 +230,7 @@ class SmscProtocol(Protocol):
         )
         self.write(codec.encode("submit_sm_resp", pdu.sequence, message_id=message.message_id))
         self.simulator.record(message)
-        if (body.registered_delivery or 0) & 0x01:
+        if self.simulator.receipts and (body.registered_delivery or 0) & 0x01:
             self.simulator.schedule_receipt(message, pdu)
 
     def send_receipt(self, message: ReceivedMessage, submit: codec.Pdu, stat: str, state: int) -> None:
@@ -270,10 +292,15 @@ class SmscService(Service):
             for waiter in waiters:
                 waiter.callback(port)
 
+        def failed(failure: Failure) -> None:
+            waiters, self._waiters = self._waiters, []
+            if not waiters:
+                self.log.failure("SMSC simulator cannot listen", failure)
+            for waiter in waiters:
+                waiter.errback(failure)
+
         endpoint = serverFromString(self.reactor, self.listen)
-        endpoint.listen(SmscFactory(self.simulator)).addCallbacks(
-            listening, lambda f: self.log.failure("SMSC simulator cannot listen", f)
-        )
+        endpoint.listen(SmscFactory(self.simulator)).addCallbacks(listening, failed)
 
     log = Logger()
 
@@ -309,33 +336,70 @@ def makeService(
     record_path: str | None = None,
     reactor: Any = None,
     echo: IO[str] | None = None,
+    receipts: bool = True,
+    max_tps: int = 0,
 ) -> IService:
     """The simulator as a service (for `run --demo` and `smsc-sim`). `echo`: where to print each message."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    simulator = SmscSimulator(reactor, system_id, password, receipt_delay, receipt_status, record_path, echo)
+    simulator = SmscSimulator(
+        reactor, system_id, password, receipt_delay, receipt_status, record_path, echo, receipts, max_tps
+    )
     return SmscService(reactor, listen, simulator)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`idtronic-tel smsc-sim [--listen ENDPOINT] [--system-id] [--password] [--receipt-delay S]
-    [--receipt-status DELIVRD] [--record FILE]`: run until interrupted, printing each message."""
-    parser = argparse.ArgumentParser(prog="idtronic-tel smsc-sim", description="Built-in SMSC simulator")
-    parser.add_argument("--listen", default="tcp:2775:interface=127.0.0.1", help="server endpoint string")
-    parser.add_argument("--system-id", default="idtronic")
-    parser.add_argument("--password", default="", help="password the ESME must bind with")
-    parser.add_argument("--receipt-delay", type=float, default=1.0, help="seconds before the receipt")
-    parser.add_argument("--receipt-status", default="DELIVRD", choices=sorted(_MESSAGE_STATES))
-    parser.add_argument("--record", default=None, help="append each message to this JSON-lines file")
-    parser.add_argument("--quiet", action="store_true", help="do not print each message")
-    options = parser.parse_args(argv)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `idtronic-tel smsc-sim`."""
+    parser.add_argument(
+        "--listen",
+        default="tcp:2775:interface=127.0.0.1",
+        metavar="ENDPOINT",
+        help="Twisted server endpoint string (default: %(default)s; tcp:0 picks a free port)",
+    )
+    parser.add_argument("--system-id", default="idtronic", help="system_id binds must give (%(default)s)")
+    parser.add_argument("--password", default="", help="password binds must give (default: empty)")
+    parser.add_argument(
+        "--receipts",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="send a delivery receipt when the ESME asks for one (default: on)",
+    )
+    parser.add_argument(
+        "--receipt-delay",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="before each receipt (%(default)s)",
+    )
+    parser.add_argument(
+        "--receipt-status",
+        default="DELIVRD",
+        choices=sorted(_MESSAGE_STATES),
+        help="the stat: of every receipt (%(default)s)",
+    )
+    parser.add_argument(
+        "--max-tps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="accept N submit_sm per second, answer ESME_RTHROTTLED to the others (default: 0, no limit)",
+    )
+    parser.add_argument(
+        "--record", default=None, metavar="FILE", help="append each message to this JSON-lines file"
+    )
+    parser.add_argument("--quiet", action="store_true", help="do not print each message on stdout")
 
+
+def run(options: argparse.Namespace) -> int:
+    """Run until interrupted: one line when listening, then one per message (unless --quiet)."""
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    from ..listener import address_url, describe
+    from ..runner import start_logging
+
+    start_logging(stream=sys.stderr)
     service = makeService(
         options.listen,
         options.system_id,
@@ -345,16 +409,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         options.record,
         reactor=reactor,
         echo=None if options.quiet else sys.stdout,
+        receipts=options.receipts,
+        max_tps=options.max_tps,
     )
     assert isinstance(service, SmscService)
 
+    problems: list[str] = []
+
+    def listening(port: IListeningPort) -> None:
+        where = address_url("smpp", port.getHost())
+        sys.stdout.write(f"SMSC simulator listening on {where} (system_id {options.system_id})\n")
+        sys.stdout.flush()
+
+    def failed(failure: Failure) -> None:
+        assert failure.value is not None
+        problems.append(f"SMSC simulator cannot listen {describe(failure.value)}")
+        reactor.stop()
+
     def started() -> None:
+        service.when_listening().addCallbacks(listening, failed)
         service.startService()
-        service.when_listening().addCallback(
-            lambda port: sys.stderr.write(f"SMSC simulator listening on {port.getHost()}\n")
-        )
 
     reactor.callWhenRunning(started)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
-    return 0
+    for problem in problems:
+        sys.stderr.write(f"idtronic-tel: {problem}\n")
+    return 1 if problems else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="idtronic-tel smsc-sim", description="Built-in SMSC simulator")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -91,7 +91,12 @@ class _Connection:
                 self.owner.log.info("SMPP {label}: bind accepted again", label=self.label)
             self.refused_status = None
             self.protocol = protocol
-            self.owner.log.info("SMPP {label}: bound to {smsc}", label=self.label, smsc=smsc)
+            self.owner.log.info(
+                "SMPP {label}: bound to {smsc} on {endpoint}",
+                label=self.label,
+                smsc=smsc,
+                endpoint=self.owner.config.endpoint,
+            )
             protocol.when_closed().addCallback(lambda _: self._down(protocol))
             self.owner.changed()
 

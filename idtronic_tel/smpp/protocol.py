@@ -94,7 +94,7 @@ class SmppClientProtocol(Protocol):
         return len(self._pending)
 
     def connectionMade(self) -> None:
-        # Small PDUs must not wait for the peer's delayed ACK (SMPP.md, "TCP_NODELAY lesson").
+        # Small PDUs must not wait for the peer's delayed ACK (docs/protocols/SMPP.md, "TCP_NODELAY lesson").
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)

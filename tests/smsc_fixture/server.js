@@ -1,5 +1,5 @@
 // An independent SMSC for idtronic-tel's integration tests and benchmark: the npm `smpp` 0.5.1 server,
-// behaving as recorded in shared/protocols/SMPP.md (ids of 8 upper-case hex digits, receipts with the
+// behaving as recorded in docs/protocols/SMPP.md (ids of 8 upper-case hex digits, receipts with the
 // receipted_message_id and message_state TLVs, data_coding 1, generic_nack for unknown commands).
 //
 // Usage: node server.js [--port 0] [--system-id test] [--password secret] [--receipt-delay MS]
