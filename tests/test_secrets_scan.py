@@ -12,6 +12,7 @@ peer's output, not the daemon's. A smaller second test scans the `run --demo` as
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import re
@@ -19,6 +20,7 @@ import secrets
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -432,20 +434,21 @@ def _services(top: Any) -> Iterator[Any]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_demo_run_logs_no_secret(sqlite_url: str, captured: LogCapture) -> None:
+async def test_demo_run_logs_no_secret(sqlite_url: str, captured: LogCapture, tmp_path: Path) -> None:
     """`run --demo` as `make_service` assembles it: the scripted scenario's card digits, its token and
     the operator key appear in no log line, event or traceback, nor in any text column."""
     operator_key = "idt_op_" + secrets.token_urlsafe(32)
     base = test_config()
     config = replace(
         base,
+        data_dir=tmp_path,
         database=replace(base.database, url=sqlite_url),
         http=replace(HttpConfig(), listen=f"tcp:{free_port()}:interface=127.0.0.1"),
         agi=replace(AgiConfig(), listen=f"tcp:{free_port()}:interface=127.0.0.1"),
         api=replace(ApiConfig(), operator_key=operator_key),
         demo=replace(DemoConfig(), enabled=True),
     )
-    root = make_service(config, reactor)
+    root = make_service(config, reactor, io.StringIO())
     scenario = next(s for s in _services(root) if isinstance(s, DemoScenario))
     asterisk = next(
         s.factory for s in _services(root) if isinstance(getattr(s, "factory", None), AmiEmulatorFactory)
