@@ -30,32 +30,35 @@ def environment(data: Path, **settings: str) -> dict[str, str]:
     return {**env, "IDTRONIC_DATA_DIR": str(data), **settings}
 
 
-def texts_until(process: subprocess.Popen[str], done: Callable[[list[str]], bool]) -> list[str]:
+def texts_until(process: subprocess.Popen[bytes], done: Callable[[list[str]], bool]) -> list[str]:
     """The log texts the daemon prints (JSON lines: stdout is not a terminal) until `done` says so.
-    The 60 s bound only keeps a broken daemon from hanging the suite."""
+    Read straight from the pipe (no buffered reader that could hold lines select() does not see); the
+    60 s bound only keeps a broken daemon from hanging the suite."""
     assert process.stdout is not None
+    fd = process.stdout.fileno()
     texts: list[str] = []
+    pending = b""
     with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
+        selector.register(fd, selectors.EVENT_READ)
         while not done(texts):
             assert selector.select(timeout=60), f"the daemon went quiet after {texts}"
-            line = process.stdout.readline()
-            assert line, f"the daemon exited ({process.wait()}): {process.stderr and process.stderr.read()}"
-            texts.append(json.loads(line)["text"])
+            chunk = os.read(fd, 65536)
+            assert chunk, f"the daemon exited ({process.wait()}) after {texts}"
+            *lines, pending = (pending + chunk).split(b"\n")
+            texts += [json.loads(line)["text"] for line in lines]
     return texts
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
+def daemon(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
 
-    def start(*args: str, **settings: str) -> subprocess.Popen[str]:
+    def start(*args: str, **settings: str) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(
             [IDTRONIC_TEL, *args, "run"],
             env=environment(tmp_path / "data", **settings),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
         )
         started.append(process)
         return process
@@ -79,7 +82,7 @@ def get(url: str) -> tuple[int, Any]:
 
 
 def test_run_on_an_empty_data_directory_creates_the_schema_and_says_where_it_listens(
-    tmp_path: Path, daemon: Callable[..., subprocess.Popen[str]]
+    tmp_path: Path, daemon: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
     process = daemon(
         IDTRONIC_HTTP_LISTEN="tcp:0:interface=127.0.0.1", IDTRONIC_AGI_LISTEN="tcp:0:interface=127.0.0.1"
@@ -99,7 +102,7 @@ def test_run_on_an_empty_data_directory_creates_the_schema_and_says_where_it_lis
 
 
 def test_a_port_already_taken_stops_the_daemon_with_one_line_naming_it_and_its_holder(
-    daemon: Callable[..., subprocess.Popen[str]],
+    daemon: Callable[..., subprocess.Popen[bytes]],
 ) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -111,13 +114,13 @@ def test_a_port_already_taken_stops_the_daemon_with_one_line_naming_it_and_its_h
         )
         assert process.wait(timeout=60) == 1
     assert process.stderr is not None
-    (line,) = process.stderr.read().splitlines()
+    (line,) = process.stderr.read().decode().splitlines()
     assert line.startswith(f"idtronic-tel: FastAGI cannot listen on 127.0.0.1:{port}: ")
     assert f"held by pid {os.getpid()} (" in line  # this test process holds it
 
 
 def test_run_refuses_an_older_schema_and_names_the_fix(
-    tmp_path: Path, daemon: Callable[..., subprocess.Popen[str]]
+    tmp_path: Path, daemon: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
     url = f"sqlite:///{tmp_path / 'data' / 'idtronic.db'}"
     (tmp_path / "data").mkdir()
@@ -126,7 +129,7 @@ def test_run_refuses_an_older_schema_and_names_the_fix(
     process = daemon(IDTRONIC_HTTP_LISTEN="tcp:0:interface=127.0.0.1")
     assert process.wait(timeout=60) == 1
     assert process.stderr is not None
-    assert "run `idtronic-tel migrate`" in process.stderr.read()
+    assert "run `idtronic-tel migrate`" in process.stderr.read().decode()
 
 
 def test_version() -> None:

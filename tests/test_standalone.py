@@ -105,8 +105,10 @@ def test_no_python_file_walks_above_the_repository_from_its_own_path() -> None:
 
 
 def test_the_checks_above_catch_what_they_look_for() -> None:
-    assert SIBLING.search("see ../" + "shared/design/API.md")
-    assert [m.group(0) for m in UP.finditer('cd "$(dirname "$0")/.." && cat ../../x')] == ["..", "../.."]
+    # Written in pieces: this file is tracked too, and must not match its own checks.
+    assert SIBLING.search("see .." + "/shared" + "/design/API.md")
+    up2 = "/".join([".."] * 2)
+    assert [m.group(0) for m in UP.finditer(f'cd "$(dirname "$0")/.." && cat {up2}/x')] == ["..", up2]
     assert not list(UP.finditer("bounds 0.05..60, 1..10, and an ellipsis..."))
     tree = ast.parse("Path(__file__).resolve().parents[2]; Path(__file__).parent.parent; dirname(__file__)")
     assert [_levels_above(n.value) for n in tree.body if isinstance(n, ast.Expr)] == [2, 1, None]
@@ -124,6 +126,49 @@ def test_a_skipped_test_fails_the_run_under_ci(tmp_path: Path) -> None:
     )
     assert local.returncode == 0, local.stdout
     assert on_ci.returncode == 1 and "test_skips: Skipped: missing tool" in on_ci.stdout, on_ci.stdout
+
+
+SPY = """
+import os, sys
+DATA = tuple(os.path.join({root!r}, d) + os.sep for d in ("tests/recorded", "sounds", "docs", "config"))
+opened = []
+def hook(event, args):
+    if event == "open" and isinstance(args[0], str) and os.path.abspath(args[0]).startswith(DATA):
+        opened.append(args[0])
+sys.addaudithook(hook)
+def pytest_collection_finish(session):
+    print("OPENED", sorted(set(opened)))
+"""
+
+
+def test_collecting_the_tests_reads_no_data_file(tmp_path: Path) -> None:
+    """Module-level reads fail the whole collection when a file is missing: tests read their data when
+    they run (fixtures, functions), never at import or parametrisation time."""
+    (tmp_path / "collectspy.py").write_text(SPY.format(root=str(ROOT)))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "collectspy",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert "OPENED []" in done.stdout, done.stdout[-2000:]
 
 
 # ---- the contracts in docs/ cover what the code serves ------------------------------------------------
