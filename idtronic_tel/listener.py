@@ -94,7 +94,7 @@ def describe(error: BaseException) -> str:
 
 
 def port_holder(port: int, proc: Path = Path("/proc")) -> str | None:
-    """The process listening on a TCP port, as "pid N: command", from Linux's /proc; None when unknown
+    """The process listening on a TCP port, as "pid N (command)", from Linux's /proc; None when unknown
     (another system, or a process of another user whose file descriptors we may not read)."""
     inodes = set()
     for table in ("tcp", "tcp6"):
