@@ -35,7 +35,7 @@ from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.defer import Deferred, succeed  # noqa: E402
 
 from idtronic_tel.config_schema import SmppBindConfig, SmppConfig  # noqa: E402
-from idtronic_tel.core.ports import OutgoingSms  # noqa: E402
+from idtronic_tel.core.ports import OutgoingSms, Recovered  # noqa: E402
 from idtronic_tel.smpp import codec  # noqa: E402
 from idtronic_tel.smpp.service import makeSmppService  # noqa: E402
 
@@ -204,13 +204,18 @@ class BenchOutbox:
         for callback in self.callbacks:
             callback()
 
-    def claim(self, worker: str, limit: int) -> Deferred[list[OutgoingSms]]:
+    def claim(self, worker: str, limit: int, lease: float) -> Deferred[list[OutgoingSms]]:
         if not self.first_claim and self.queued:
             self.first_claim = time.perf_counter()
         batch = [self.queued.pop() for _ in range(min(limit, len(self.queued)))]
         return succeed(batch)
 
-    def mark_submitted(self, sms_id: int, message_ids: list[str], bind: str) -> Deferred[None]:
+    def renew(self, worker: str, sms_ids: list[int], lease: float) -> Deferred[list[int]]:
+        return succeed(sms_ids)
+
+    def mark_submitted(
+        self, worker: str, sms_id: int, message_ids: list[str], bind: str, resends: int
+    ) -> Deferred[None]:
         self.submitted_at.append(time.perf_counter())
         for message_id in message_ids:
             self.by_message_id[message_id] = sms_id
@@ -221,11 +226,14 @@ class BenchOutbox:
 
     mark_retry = mark_undeliverable = mark_in_doubt = _unexpected
 
-    def mark_expired(self, sms_id: int) -> Deferred[None]:
+    def mark_expired(self, worker: str, sms_id: int, resends: int) -> Deferred[None]:
         raise AssertionError("expired")
 
-    def recover(self, worker: str) -> Deferred[int]:
-        return succeed(0)
+    def recover(self, worker: str) -> Deferred[Recovered]:
+        return succeed(Recovered())
+
+    def recover_stale(self, worker: str, held: list[int]) -> Deferred[Recovered]:
+        return succeed(Recovered())
 
     def apply_receipt(self, message_id: str, state: str) -> Deferred[bool]:
         if self.by_message_id.pop(message_id, None) is None:

@@ -191,7 +191,7 @@ def decode(raw: bytes) -> Pdu | Undecodable:
         # SMPP 3.4 §3.3: a response with an error status may come without its body (and some SMSCs
         # drop the body of an OK one too: its message_id is then empty, as before).
         if not command_id & RESPONSE_BIT or len(raw) > HEADER_LENGTH:
-            problem = _layout_problem(body, raw, HEADER_LENGTH)
+            problem = _layout_problem(name, body, raw, HEADER_LENGTH)
             if problem is not None:
                 return Undecodable(command_id, sequence, problem[0], f"{name}: {problem[1]}")
         body.parse(raw)
@@ -203,30 +203,67 @@ def decode(raw: bytes) -> Pdu | Undecodable:
     return Pdu(name, command_id, status, sequence, body)
 
 
-def _layout_problem(body: Any, raw: bytes, pos: int) -> tuple[int, str] | None:
+_INT, _LENGTH, _CSTRING, _OCTETS = 0, 1, 2, 3  # _LENGTH: a one-octet integer an octet string's length is in
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """A command's body as smpplib describes it, read once: its mandatory parameters in order (name,
+    kind, size of an integer, the earlier parameter holding an octet string's length) and the size of
+    each integer TLV it knows."""
+
+    steps: tuple[tuple[str, int, int, str], ...]
+    tlv_sizes: dict[int, int]
+
+    @classmethod
+    def of(cls, body: Any) -> _Layout:
+        steps = []
+        mandatory = [name for name in body.params_order if name in body.mandatory_fields]
+        length_fields = {getattr(body.params[name], "len_field", None) for name in mandatory}
+        for name in mandatory:
+            param = body.params[name]
+            if param.type is int:
+                steps.append((name, _LENGTH if name in length_fields else _INT, param.size, ""))
+            elif param.type is str:
+                steps.append((name, _CSTRING, 0, ""))
+            else:
+                steps.append((name, _OCTETS, 0, param.len_field))
+        sizes = {
+            tag: body.params[name].size
+            for tag, name in _TLV_NAMES.items()
+            if name in body.params and body.params[name].type is int
+        }
+        return cls(tuple(steps), sizes)
+
+
+_LAYOUTS: dict[str, _Layout] = {}
+
+
+def _layout_problem(name: str, body: Any, raw: bytes, pos: int) -> tuple[int, str] | None:
     """What is wrong with the layout of a body, as (status, reason); None when every mandatory parameter
     is whole and the TLVs fill the rest exactly. smpplib's parser accepts a body that stops anywhere (the
     missing fields are left unset): a truncated deliver_sm would pass for a message with esm_class 0."""
+    layout = _LAYOUTS.get(name)
+    if layout is None:
+        layout = _LAYOUTS[name] = _Layout.of(body)
     end = len(raw)
-    values: dict[str, int] = {}
-    for name in body.params_order:
-        if name not in body.mandatory_fields:
-            break
-        param = body.params[name]
-        if param.type is int:
-            if pos + param.size > end:
-                return ESME_RINVCMDLEN, f"{name} cut short"
-            values[name] = int.from_bytes(raw[pos : pos + param.size])
-            pos += param.size
-        elif param.type is str:  # C-Octet String: up to and with its NUL
+    lengths: dict[str, int] = {}
+    for field, kind, size, len_field in layout.steps:
+        if kind <= _LENGTH:
+            if pos + size > end:
+                return ESME_RINVCMDLEN, f"{field} cut short"
+            if kind == _LENGTH:
+                lengths[field] = int.from_bytes(raw[pos : pos + size])
+            pos += size
+        elif kind == _CSTRING:  # C-Octet String: up to and with its NUL
             nul = raw.find(b"\0", pos)
             if nul < 0:
-                return ESME_RINVCMDLEN, f"{name} without its NUL"
+                return ESME_RINVCMDLEN, f"{field} without its NUL"
             pos = nul + 1
-        else:  # Octet String, its length in an earlier parameter
-            length = values.get(param.len_field, 0)
+        else:  # Octet String, its length in an earlier (one-octet) parameter
+            length = lengths.get(len_field, 0)
             if pos + length > end:
-                return ESME_RINVMSGLEN, f"{name} shorter than {param.len_field}={length}"
+                return ESME_RINVMSGLEN, f"{field} shorter than {len_field}={length}"
             pos += length
     while pos < end:
         if end - pos < 4:
@@ -235,10 +272,10 @@ def _layout_problem(body: Any, raw: bytes, pos: int) -> tuple[int, str] | None:
         pos += 4 + length
         if pos > end:
             return ESME_RINVOPTPARSTREAM, f"TLV 0x{tag:04x} cut short"
-        param = body.params.get(_TLV_NAMES.get(tag))
-        if param is not None and param.type is int and length != param.size:
-            # smpplib would read `size` octets and lose its place in the stream
-            return ESME_RINVOPTPARSTREAM, f"TLV 0x{tag:04x} of length {length}, not {param.size}"
+        expected = layout.tlv_sizes.get(tag)
+        if expected is not None and length != expected:
+            # smpplib would read `expected` octets and lose its place in the stream
+            return ESME_RINVOPTPARSTREAM, f"TLV 0x{tag:04x} of length {length}, not {expected}"
     return None
 
 

@@ -621,7 +621,7 @@ class OutboxWorker(Service):
                 outcome=outcome.name.lower(),
                 reason=reason,
             )
-        recorded = Deferred.fromCoroutine(self._record(job))
+        recorded = self._record(job)
         self._recording.add(recorded)
 
         def done(_: None) -> None:
@@ -635,19 +635,28 @@ class OutboxWorker(Service):
         recorded.addCallback(done)
         self._check_idle()
 
-    async def _record(self, job: _Job) -> None:
-        """The outcome into the outbox, tried again until the database answers. A worker that stops
-        meanwhile gives up: the message stays SENDING, and its next start sends it again."""
+    def _record(self, job: _Job) -> Deferred[None]:
+        """The outcome into the outbox (one database call when it works: this is per message)."""
+        return self._write_outcome(job).addErrback(
+            lambda failure: Deferred.fromCoroutine(self._record_again(job, failure))
+        )
+
+    async def _record_again(self, job: _Job, failure: Failure) -> None:
+        """Tried again until the database answers. A worker that stops meanwhile gives up: the message
+        stays SENDING, and its next start sends it again."""
         delay = RECORD_RETRY_FIRST
         while True:
+            self.log.failure(
+                "SMPP sms {sms_id}: recording the outcome failed", failure, sms_id=job.sms.sms_id
+            )
+            if not self.running or not await self._sleep(delay):
+                return
+            delay = min(delay * 2, RECORD_RETRY_MAX)
             try:
                 await self._write_outcome(job)
                 return
             except Exception:
-                self.log.failure("SMPP sms {sms_id}: recording the outcome failed", sms_id=job.sms.sms_id)
-            if not self.running or not await self._sleep(delay):
-                return
-            delay = min(delay * 2, RECORD_RETRY_MAX)
+                failure = Failure()
 
     def _write_outcome(self, job: _Job) -> Deferred[None]:
         worker, sms_id, resends = self.worker, job.sms.sms_id, job.resends
