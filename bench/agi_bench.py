@@ -154,12 +154,8 @@ def serve(args: argparse.Namespace) -> None:
 
 
 async def drive(args: argparse.Namespace) -> dict[str, Any]:
-    from idtronic_tel.simulators.asterisk_agi import (
-        EmulatorOptions,
-        default_env,
-        run_agi_channel,
-        wav_durations,
-    )
+    from idtronic_tel.simulators.agi_options import EmulatorOptions, wav_durations
+    from idtronic_tel.simulators.asterisk_agi import default_env, run_agi_channel
     from idtronic_tel.simulators.handset import Handset
 
     sounds = wav_durations(ROOT / "sounds" / "fr")

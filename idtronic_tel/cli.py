@@ -79,10 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     scope.add_argument("--merchant")
 
     commands.add_parser("status", help="links, queues and counts")
-    from .simulators import smsc
+    from .simulators import smsc_command
 
     sim = commands.add_parser("smsc-sim", help="run the built-in SMSC simulator (dry runs, demos)")
-    smsc.add_arguments(sim)
+    smsc_command.add_arguments(sim)
     return parser
 
 
@@ -140,9 +140,9 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     environ = dict(os.environ if environ is None else environ)
     args = _parser().parse_args(argv)
     if args.command == "smsc-sim":
-        from .simulators import smsc
+        from .simulators import smsc_command
 
-        return smsc.run(args)
+        return smsc_command.run(args)
     try:
         config = _config(args, environ)
         return _dispatch(args, config)

@@ -22,7 +22,8 @@ from idtronic_tel.config_schema import (
 )
 from idtronic_tel.daemon import Daemon, build
 from idtronic_tel.simulators import smsc
-from idtronic_tel.simulators.asterisk_agi import EmulatorOptions, RecordLine, run_agi_channel
+from idtronic_tel.simulators.agi_options import EmulatorOptions, RecordLine
+from idtronic_tel.simulators.asterisk_agi import run_agi_channel
 from idtronic_tel.simulators.asterisk_ami import AmiEmulatorFactory
 from idtronic_tel.simulators.handset import HandsetDirectory
 

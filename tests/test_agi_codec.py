@@ -24,9 +24,8 @@ from idtronic_tel.ivr.agi_codec import (
     UsageError,
     encode_command,
     encode_env,
-    match_command,
-    tokenize,
 )
+from idtronic_tel.ivr.agi_grammar import match_command, tokenize
 from tests import transcripts
 
 # One FastAGI session per file (the others interleave several sessions without connection markers).

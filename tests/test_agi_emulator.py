@@ -22,7 +22,8 @@ from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
 from idtronic_tel.ivr.agi_codec import EnvParser, LineSplitter
-from idtronic_tel.simulators.asterisk_agi import EmulatorOptions, first_run_handset, run_agi_channel
+from idtronic_tel.simulators.agi_options import EmulatorOptions
+from idtronic_tel.simulators.asterisk_agi import first_run_handset, run_agi_channel
 from idtronic_tel.simulators.handset import Handset
 from tests import transcripts
 
@@ -218,7 +219,7 @@ async def test_connection_refused_is_failure() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_server_that_never_closes_is_reported() -> None:
-    from idtronic_tel.simulators.asterisk_agi import SessionLeaked
+    from idtronic_tel.simulators.agi_options import SessionLeaked
 
     server = Protocol()
     port, endpoint = await listen(server)

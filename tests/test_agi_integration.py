@@ -25,14 +25,8 @@ from idtronic_tel.config_schema import AgiConfig, CallbackConfig, VoiceFallbackC
 from idtronic_tel.core.ports import CallKind
 from idtronic_tel.ivr.agi_server import AgiServerFactory, make_agi_service, with_backlog
 from idtronic_tel.ivr.call_flows import FlowSettings
-from idtronic_tel.simulators.asterisk_agi import (
-    EmulatorOptions,
-    RecordLine,
-    default_env,
-    first_run_handset,
-    run_agi_channel,
-    wav_durations,
-)
+from idtronic_tel.simulators.agi_options import EmulatorOptions, RecordLine, wav_durations
+from idtronic_tel.simulators.asterisk_agi import default_env, first_run_handset, run_agi_channel
 from idtronic_tel.simulators.handset import Handset
 from tests.fakes_ivr import FakeIvrGateway
 

@@ -11,9 +11,10 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, globalLogPublisher
 
 from idtronic_tel.core.ports import CallOutcome
+from idtronic_tel.ivr.ami_actions import AmiNotLoggedIn, is_success
 from idtronic_tel.ivr.ami_client import originate_outcome
 from idtronic_tel.ivr.ami_codec import Message
-from idtronic_tel.ivr.ami_protocol import AmiNotLoggedIn, SessionState, is_success
+from idtronic_tel.ivr.ami_states import SessionState
 from idtronic_tel.simulators.handset import Answer, Handset, HandsetDirectory
 from tests.fakes_ami import Harness, turn, within
 

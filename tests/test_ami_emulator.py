@@ -14,7 +14,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from idtronic_tel.ivr.ami_codec import AmiDecoder, Banner, Message
-from idtronic_tel.simulators.asterisk_ami import AmiEmulatorFactory, AmiServerProtocol, agi_request_url
+from idtronic_tel.simulators.ami_channels import agi_request_url
+from idtronic_tel.simulators.ami_session import AmiServerProtocol
+from idtronic_tel.simulators.asterisk_ami import AmiEmulatorFactory
 from idtronic_tel.simulators.handset import Answer, Handset, HandsetDirectory
 from tests import transcripts
 

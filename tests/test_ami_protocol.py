@@ -10,18 +10,17 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
-from idtronic_tel.ivr.ami_codec import Message, encode_message
-from idtronic_tel.ivr.ami_protocol import (
+from idtronic_tel.ivr.ami_actions import (
     AmiActionTimeout,
     AmiConnectionLost,
     AmiLoginRefused,
     AmiNotLoggedIn,
-    AmiProtocol,
     ListResult,
-    SessionState,
     is_success,
-    md5_key,
 )
+from idtronic_tel.ivr.ami_codec import Message, encode_message
+from idtronic_tel.ivr.ami_protocol import AmiProtocol, md5_key
+from idtronic_tel.ivr.ami_states import SessionState
 from tests import transcripts
 
 
@@ -355,7 +354,7 @@ def test_shutdown_refused_login() -> None:
 
 
 def test_transition_table_is_total_for_peer_inputs() -> None:
-    from idtronic_tel.ivr.ami_protocol import TRANSITIONS, SessionInput
+    from idtronic_tel.ivr.ami_states import TRANSITIONS, SessionInput
 
     for state in SessionState:
         for peer_input in (SessionInput.SHUTDOWN_NOTICE, SessionInput.LOST):

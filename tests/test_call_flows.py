@@ -19,17 +19,9 @@ from idtronic_tel.ivr.agi_protocol import (
     DtmfEntry,
     PromptMissing,
 )
-from idtronic_tel.ivr.call_flows import (
-    ENROLL_TRANSITIONS,
-    PROMPTS_MISSING,
-    TOKEN_TRANSITIONS,
-    EnrollmentFlow,
-    EnrollState,
-    Event,
-    FlowSettings,
-    TokenState,
-    VoiceTokenFlow,
-)
+from idtronic_tel.ivr.call_flows import PROMPTS_MISSING, Event, FlowSettings
+from idtronic_tel.ivr.enroll_flow import ENROLL_TRANSITIONS, EnrollmentFlow, EnrollState
+from idtronic_tel.ivr.token_flow import TOKEN_TRANSITIONS, TokenState, VoiceTokenFlow
 from tests.fakes_ivr import FakeIvrGateway
 
 E, T = EnrollState, TokenState

@@ -44,10 +44,8 @@ from idtronic_tel.core.cards import luhn_check_digit
 from idtronic_tel.core.db import make_engine
 from idtronic_tel.daemon import make_service
 from idtronic_tel.demo import DemoScenario
-from idtronic_tel.simulators.asterisk_agi import (
-    first_run_handset,
-    repo_sounds,
-)
+from idtronic_tel.simulators.agi_options import repo_sounds
+from idtronic_tel.simulators.asterisk_agi import first_run_handset
 from idtronic_tel.simulators.asterisk_ami import AmiEmulatorFactory
 from idtronic_tel.simulators.handset import Handset, HandsetDirectory, Keys
 

@@ -96,7 +96,7 @@ async def test_client_against_simulator(tmp_path: Path) -> None:
 
 
 def test_main_rejects_bad_status() -> None:
-    from idtronic_tel.simulators.smsc import main
+    from idtronic_tel.simulators.smsc_command import main
 
     with pytest.raises(SystemExit):
         main(["--receipt-status", "NOPE"])

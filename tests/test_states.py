@@ -26,8 +26,9 @@ from idtronic_tel.core.states import (
     StoredStates,
     Transitions,
 )
-from idtronic_tel.ivr import ami_protocol, call_flows, dialer
-from idtronic_tel.ivr.ami_protocol import AmiError, AmiProtocol
+from idtronic_tel.ivr import ami_states, dialer, enroll_flow, token_flow
+from idtronic_tel.ivr.ami_actions import AmiError
+from idtronic_tel.ivr.ami_protocol import AmiProtocol
 from idtronic_tel.smpp import session, worker
 
 P, H, C, A = PaymentStatus, CardholderStatus, CallbackState, AttemptState
@@ -39,10 +40,10 @@ TABLES: dict[str, Transitions[Any, Any]] = {
     "callback attempt": states.ATTEMPT,
     "SMPP session": session.TRANSITIONS,
     "SMPP outbox worker": worker.PHASES,
-    "AMI session": ami_protocol.TRANSITIONS,
+    "AMI session": ami_states.TRANSITIONS,
     "callback dialer": dialer.DRAIN,
-    "enrollment call": call_flows.ENROLL_TRANSITIONS,
-    "voice token call": call_flows.TOKEN_TRANSITIONS,
+    "enrollment call": enroll_flow.ENROLL_TRANSITIONS,
+    "voice token call": token_flow.TOKEN_TRANSITIONS,
 }
 
 # (table, model, column, expected edges, initial states)
@@ -182,13 +183,13 @@ def test_smpp_session_enforces_its_table() -> None:
 
 
 def test_ami_session_enforces_its_table() -> None:
-    def fire(state: ami_protocol.SessionState, event: ami_protocol.SessionInput) -> ami_protocol.SessionState:
+    def fire(state: ami_states.SessionState, event: ami_states.SessionInput) -> ami_states.SessionState:
         proto = AmiProtocol(Clock())
         proto.state = state
         proto._fire(event)
         return proto.state
 
-    _walk_machine(ami_protocol.SessionState, ami_protocol.SessionInput, ami_protocol.TRANSITIONS, fire)
+    _walk_machine(ami_states.SessionState, ami_states.SessionInput, ami_states.TRANSITIONS, fire)
 
 
 def test_worker_enforces_its_phases() -> None:

@@ -30,8 +30,10 @@ from twisted.logger import Logger
 from idtronic_tel.config_schema import AgiConfig, CallbackConfig, VoiceFallbackConfig
 from idtronic_tel.core.ports import IvrGateway
 from idtronic_tel.ivr.agi_protocol import AgiError, AgiSession, Clock, PromptMissing, TurnaroundObserver
-from idtronic_tel.ivr.call_flows import EnrollmentFlow, FlowSettings, VoiceTokenFlow, report_missing_prompt
+from idtronic_tel.ivr.call_flows import FlowSettings, report_missing_prompt
+from idtronic_tel.ivr.enroll_flow import EnrollmentFlow
 from idtronic_tel.ivr.prompts import Prompt
+from idtronic_tel.ivr.token_flow import VoiceTokenFlow
 from idtronic_tel.logsafe import loggable
 
 log = Logger()

@@ -23,14 +23,10 @@ from twisted.logger import Logger
 
 from idtronic_tel.config_schema import AmiConfig
 from idtronic_tel.core.ports import CallOutcome
+from idtronic_tel.ivr.ami_actions import AmiLoginRefused, AmiNotLoggedIn, ListResult
 from idtronic_tel.ivr.ami_codec import Message
-from idtronic_tel.ivr.ami_protocol import (
-    AmiLoginRefused,
-    AmiNotLoggedIn,
-    AmiProtocol,
-    ListResult,
-    SessionState,
-)
+from idtronic_tel.ivr.ami_protocol import AmiProtocol
+from idtronic_tel.ivr.ami_states import SessionState
 from idtronic_tel.logsafe import loggable
 
 EventCallback = Callable[[Message], None]

@@ -1,7 +1,7 @@
 """One AMI session over one TCP connection: a thin Twisted protocol around `ami_codec`.
 
 What it adds to the codec:
-* an explicit session state (`SessionState` + one transition table);
+* an explicit session state (`ami_states`: `SessionState` + one transition table);
 * login, with the MD5 challenge or a plain secret;
 * `ActionID` correlation: every action gets an id and a timeout; events may arrive between an action and
   its response; list actions (`EventList: start` ... `EventList: Complete`) collect their events;
@@ -9,16 +9,15 @@ What it adds to the codec:
   (a half-open TCP connection would otherwise look healthy for hours);
 * Asterisk's shutdown notices (`Message: Asterisk is shutting down`, `Event: Shutdown`).
 
-Reconnection, event subscriptions and Originate bookkeeping live in `ami_client`, which outlives sessions.
+The actions in flight and the errors are `ami_actions`'. Reconnection, event subscriptions and Originate
+bookkeeping live in `ami_client`, which outlives sessions.
 """
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
@@ -27,7 +26,18 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from idtronic_tel.core.states import IllegalTransition, Transitions
+from idtronic_tel.core.states import IllegalTransition
+from idtronic_tel.ivr.ami_actions import (
+    SHUTTING_DOWN_MESSAGE,
+    AmiActionTimeout,
+    AmiConnectionLost,
+    AmiError,
+    AmiLoginRefused,
+    AmiNotLoggedIn,
+    ListResult,
+    PendingActions,
+    is_success,
+)
 from idtronic_tel.ivr.ami_codec import (
     AmiDecoder,
     AmiProtocolError,
@@ -36,112 +46,13 @@ from idtronic_tel.ivr.ami_codec import (
     Message,
     encode_action,
 )
+from idtronic_tel.ivr.ami_states import PRE_LOGIN_ACTIONS, TRANSITIONS, SessionInput, SessionState
 from idtronic_tel.logsafe import loggable
-
-SHUTTING_DOWN_MESSAGE = "Asterisk is shutting down"
-
-
-class AmiError(Exception):
-    pass
-
-
-class AmiActionTimeout(AmiError):
-    """No response within the action timeout. For an Originate: the call may or may not be placed."""
-
-
-class AmiConnectionLost(AmiError):
-    """The session ended before the response came. For an Originate: the call may or may not be placed."""
-
-
-class AmiNotLoggedIn(AmiError):
-    """The action was not sent: the session is not logged in (or is shutting down, or closed)."""
-
-
-class AmiLoginRefused(AmiError):
-    """Asterisk answered the login with an error (bad credentials, or shutting down)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    @property
-    def shutting_down(self) -> bool:
-        return self.message == SHUTTING_DOWN_MESSAGE
-
-
-class SessionState(enum.Enum):
-    CONNECTING = "connecting"  # TCP up, banner not seen yet
-    CONNECTED = "connected"  # banner seen, not logged in
-    AUTHENTICATING = "authenticating"  # Challenge/Login in flight
-    LOGGED_IN = "logged_in"
-    SHUTTING_DOWN = "shutting_down"  # Asterisk refuses new work; calls in flight still report
-    CLOSING = "closing"  # we are closing (login refused, Logoff, keepalive lost, framing error)
-    CLOSED = "closed"
-
-
-class SessionInput(enum.Enum):
-    BANNER = "banner"
-    LOGIN_STARTED = "login_started"
-    LOGIN_ACCEPTED = "login_accepted"
-    LOGIN_REFUSED = "login_refused"
-    SHUTDOWN_NOTICE = "shutdown_notice"
-    CLOSE = "close"
-    LOST = "lost"
-
-
-_S = SessionState
-_I = SessionInput
-TRANSITIONS = Transitions(
-    "AMI session",
-    SessionState,
-    SessionInput,
-    {
-        (_S.CONNECTING, _I.BANNER): _S.CONNECTED,
-        (_S.CONNECTED, _I.LOGIN_STARTED): _S.AUTHENTICATING,
-        (_S.AUTHENTICATING, _I.LOGIN_ACCEPTED): _S.LOGGED_IN,
-        (_S.AUTHENTICATING, _I.LOGIN_REFUSED): _S.CLOSING,  # Asterisk closes 1 s after refusing anyway
-        # Shutdown notices come from the peer: valid in every state, they only matter once logged in.
-        (_S.CONNECTING, _I.SHUTDOWN_NOTICE): _S.CONNECTING,
-        (_S.CONNECTED, _I.SHUTDOWN_NOTICE): _S.CONNECTED,
-        (_S.AUTHENTICATING, _I.SHUTDOWN_NOTICE): _S.AUTHENTICATING,  # the Login itself will be refused
-        (_S.LOGGED_IN, _I.SHUTDOWN_NOTICE): _S.SHUTTING_DOWN,
-        (_S.SHUTTING_DOWN, _I.SHUTDOWN_NOTICE): _S.SHUTTING_DOWN,
-        (_S.CLOSING, _I.SHUTDOWN_NOTICE): _S.CLOSING,
-        **{(s, _I.CLOSE): _S.CLOSING for s in SessionState if s is not _S.CLOSED},
-        (_S.CLOSED, _I.CLOSE): _S.CLOSED,
-        **{(s, _I.LOST): _S.CLOSED for s in SessionState},
-    },
-    initial=(_S.CONNECTING,),
-)
-
-# Actions Asterisk accepts before login (everything else gets "Permission denied").
-_PRE_LOGIN_ACTIONS = frozenset({"challenge", "login", "logoff"})
 
 
 def md5_key(challenge: str, secret: str) -> str:
     """Key of an MD5 login: lowercase hex md5(challenge + secret)."""
     return hashlib.md5((challenge + secret).encode("utf-8"), usedforsecurity=False).hexdigest()
-
-
-def is_success(message: Message) -> bool:
-    return (message.response or "").lower() == "success"
-
-
-@dataclass(frozen=True)
-class ListResult:
-    response: Message
-    events: tuple[Message, ...]  # the items, without the ...Complete event
-    complete: Message | None  # the closing event (carries ListItems)
-
-
-@dataclass
-class _Pending:
-    action: str
-    result: Deferred[Message]
-    timer: IDelayedCall | None
-    collecting: list[Message] | None = None  # list action whose EventList started
-    list_result: Deferred[ListResult] | None = None
-    response: Message | None = None
 
 
 class AmiProtocol(Protocol):
@@ -166,7 +77,7 @@ class AmiProtocol(Protocol):
         self.state = SessionState.CONNECTING
         self.banner: str | None = None
         self._decoder = AmiDecoder(expect_banner=True)
-        self._pending: dict[str, _Pending] = {}
+        self._pending = PendingActions(clock)
         self._banner_waiters: list[Deferred[str]] = []
         self._closed_waiters: list[Deferred[None]] = []
         self._ping_call: IDelayedCall | None = None
@@ -219,15 +130,7 @@ class AmiProtocol(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         self._fire(SessionInput.LOST)
         self._cancel_ping()
-        pending, self._pending = self._pending, {}
-        for p in pending.values():
-            if p.timer is not None and p.timer.active():
-                p.timer.cancel()
-            err = AmiConnectionLost(f"AMI connection lost before the {p.action} response")
-            if p.list_result is not None:
-                p.list_result.errback(err)
-            else:
-                p.result.errback(err)
+        self._pending.lost()
         banner, self._banner_waiters = self._banner_waiters, []
         for w in banner:
             if not w.called:
@@ -252,36 +155,10 @@ class AmiProtocol(Protocol):
             )
 
     def _response(self, msg: Message) -> None:
-        action_id = msg.action_id
-        pending = self._pending.get(action_id) if action_id is not None else None
-        if pending is None:
-            # Late (after its timeout) or never asked for: correlation is by ActionID only.
-            self.log.debug("AMI response for unknown ActionID {action_id}", action_id=loggable(action_id))
-            return
-        if pending.list_result is not None and (msg.get("EventList") or "").lower() == "start":
-            pending.response = msg
-            pending.collecting = []
-            return
-        del self._pending[action_id]  # type: ignore[arg-type]
-        if pending.timer is not None and pending.timer.active():
-            pending.timer.cancel()
-        if pending.list_result is not None:
-            pending.list_result.callback(ListResult(msg, (), None))
-        else:
-            pending.result.callback(msg)
+        self._pending.response(msg)
 
     def _event(self, msg: Message) -> None:
-        action_id = msg.action_id
-        pending = self._pending.get(action_id) if action_id is not None else None
-        if pending is not None and pending.collecting is not None and pending.list_result is not None:
-            if (msg.get("EventList") or "").lower() == "complete":
-                del self._pending[action_id]  # type: ignore[arg-type]
-                if pending.timer is not None and pending.timer.active():
-                    pending.timer.cancel()
-                assert pending.response is not None
-                pending.list_result.callback(ListResult(pending.response, tuple(pending.collecting), msg))
-            else:
-                pending.collecting.append(msg)
+        if self._pending.collect(msg):
             return
         if (msg.event or "").lower() == "shutdown":
             self._fire(SessionInput.SHUTDOWN_NOTICE)
@@ -296,7 +173,7 @@ class AmiProtocol(Protocol):
     def _may_send(self, action: str) -> bool:
         if self.state in (SessionState.LOGGED_IN, SessionState.SHUTTING_DOWN):
             return True
-        return self.state is SessionState.AUTHENTICATING and action.lower() in _PRE_LOGIN_ACTIONS
+        return self.state is SessionState.AUTHENTICATING and action.lower() in PRE_LOGIN_ACTIONS
 
     def send_action(
         self,
@@ -346,20 +223,9 @@ class AmiProtocol(Protocol):
             return
         data = encode_action(action, aid, headers)  # may raise ValueError: nothing written
         delay = self.action_timeout if timeout is None else timeout
-        timer = self.clock.callLater(delay, self._timed_out, aid)
-        self._pending[aid] = _Pending(action, result, timer, list_result=list_result)
+        self._pending.add(action, aid, delay, result, list_result)
         assert self.transport is not None
         self.transport.write(data)
-
-    def _timed_out(self, action_id: str) -> None:
-        pending = self._pending.pop(action_id, None)
-        if pending is None:
-            return
-        err = AmiActionTimeout(f"no AMI response to {pending.action} ({action_id}) in time")
-        if pending.list_result is not None:
-            pending.list_result.errback(err)
-        else:
-            pending.result.errback(err)
 
     # -- login -------------------------------------------------------------------------------------------
 

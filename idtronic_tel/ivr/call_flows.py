@@ -16,8 +16,7 @@ PROMPT_MISSING: a log line naming the file, a metric, and the core fails the req
 Whatever happens (hang-up, AGI timeout, core error), a call the core started is closed with
 `IvrGateway.end_call` exactly once, in the ENDING state (or in `run()`'s `finally` if a bug escaped).
 
-The keyed digits live only in a local variable between GET DATA and check_card_digits: they are never
-logged, stored on the flow, put in a channel variable, a VERBOSE, or an exception message.
+This module is the driver both flows share; the flows are `enroll_flow` and `token_flow`.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from prometheus_client import Counter
 from twisted.logger import Logger
 
 from idtronic_tel.config_schema import CallbackConfig, VoiceFallbackConfig
-from idtronic_tel.core.ports import CallKind, DigitsVerdict, IvrCall, IvrGateway
+from idtronic_tel.core.ports import CallKind, IvrCall, IvrGateway
 from idtronic_tel.core.states import EndReason, IllegalTransition, Transitions
 from idtronic_tel.ivr.agi_codec import AgiEnv
 from idtronic_tel.ivr.agi_protocol import AgiCommandTimeout, AgiError, ChannelHungUp, DtmfEntry, PromptMissing
@@ -47,8 +46,6 @@ PROMPTS_MISSING = Counter(
 log = Logger()
 
 CALLBACK_VARIABLE = "IDTRONIC_CALLBACK"  # set by the Originate; fallback when agi_arg_1 is empty
-LAST_DIGITS = 8
-BARGE_IN_DIGITS = "0123456789"  # escape digits of the interruptible prompts
 
 
 def report_missing_prompt(error: PromptMissing, attempt: str | None) -> None:
@@ -108,31 +105,24 @@ class Event(enum.Enum):
     ENDED = enum.auto()
 
 
-_VERDICT_EVENT = {
-    DigitsVerdict.ACCEPTED: Event.ACCEPTED,
-    DigitsVerdict.RETRY: Event.RETRY,
-    DigitsVerdict.FAILED: Event.FAILED,
-    DigitsVerdict.LOCKED: Event.LOCKED,
-}
-
 S = TypeVar("S", bound=enum.Enum)
 
 
-class _Flow(Generic[S]):
-    """The driver shared by both flows: subclasses give the table, the actions and the states."""
+class CallFlow(Generic[S]):
+    """The driver shared by both flows: a subclass gives its states (with the names `flow_table` shares),
+    its table, the call kinds it serves and the actions of its own states."""
 
+    states: type[S]
     transitions: Transitions[S, Event]
-    initial: S
-    ending: S  # calls end_call
-    done: S  # terminal
-    hang_up: S  # sends HANGUP
     expected_kinds: frozenset[CallKind]
 
     def __init__(self, channel: AgiChannel, gateway: IvrGateway, settings: FlowSettings) -> None:
         self.channel = channel
         self.gateway = gateway
         self.settings = settings
-        self.state: S = self.initial
+        self.ending: S = self.states["ENDING"]  # calls end_call
+        self.done: S = self.states["DONE"]  # terminal
+        self.state: S = self.states["IDENTIFY"]
         self.attempt_id: str | None = None
         self.call: IvrCall | None = None
         self.started = False  # start_call was asked and did not answer None: end_call is owed
@@ -142,6 +132,19 @@ class _Flow(Generic[S]):
         self.history: list[tuple[S, Event, S]] = []
 
     def actions(self) -> Mapping[S, Callable[[], Awaitable[Event]]]:
+        s = self.states
+        shared = {
+            s["IDENTIFY"]: self._identify,
+            s["LOOKUP"]: self._lookup,
+            s["REFUSE"]: self._refuse,
+            s["HANG_UP"]: self._hang_up,
+            s["ENDING"]: self._ending,
+            s["DONE"]: self._done,
+        }
+        return {**shared, **self.own_actions()}
+
+    def own_actions(self) -> Mapping[S, Callable[[], Awaitable[Event]]]:
+        """The actions of the flow's own states (GREET and after)."""
         raise NotImplementedError
 
     async def step(self) -> S:
@@ -282,11 +285,22 @@ class _Flow(Generic[S]):
         await self.channel.stream_file(prompt.value)
 
 
-def _table(
-    name: str, specific: Mapping[tuple[S, Event], S], states: type[S], ending: S, done: S, hang_up: S
-) -> Transitions[S, Event]:
-    """The flow's own transitions plus the failure rows every live state shares."""
-    table = dict(specific)
+def flow_table(name: str, states: type[S], specific: Mapping[tuple[S, Event], S]) -> Transitions[S, Event]:
+    """A flow's transitions: the rows every flow shares (identify the attempt, look it up, refuse an
+    unknown one, hang up, end the call), its own rows, and the failure rows of every live state."""
+    identify, lookup, refuse, greet, hang_up, ending, done = (
+        states[name] for name in ("IDENTIFY", "LOOKUP", "REFUSE", "GREET", "HANG_UP", "ENDING", "DONE")
+    )
+    table = {
+        (identify, Event.FOUND_ID): lookup,
+        (identify, Event.NO_ID): refuse,
+        (lookup, Event.CALL_OK): greet,
+        (lookup, Event.CALL_UNKNOWN): refuse,
+        (lookup, Event.WRONG_KIND): refuse,
+        (refuse, Event.NEXT): hang_up,
+        (hang_up, Event.NEXT): ending,
+        **specific,
+    }
     for state in states:
         if state in (ending, done):
             continue
@@ -298,237 +312,4 @@ def _table(
         if state is not hang_up:
             table.setdefault((state, Event.PROMPT_MISSING), hang_up)
     table[(ending, Event.ENDED)] = done
-    return Transitions(name, states, Event, table, initial=(next(iter(states)),))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Enrollment and mobile-change callbacks
-
-
-class EnrollState(enum.Enum):
-    IDENTIFY = enum.auto()  # attempt id from agi_arg_1, else GET VARIABLE IDTRONIC_CALLBACK
-    LOOKUP = enum.auto()  # IvrGateway.start_call
-    REFUSE = enum.auto()  # unknown attempt: refusal prompt
-    GREET = enum.auto()  # ANSWER, welcome prompt (interruptible)
-    ASK = enum.auto()  # GET DATA for the last 8 digits
-    CONTINUE = enum.auto()  # a digit stopped a prompt: GET DATA without prompt for the other 7
-    CHECK = enum.auto()  # IvrGateway.check_card_digits
-    WRONG = enum.auto()  # wrong-entry (or no-entry) prompt (interruptible), then ASK again
-    SUCCESS = enum.auto()
-    FAILED = enum.auto()
-    LOCKED = enum.auto()
-    HANG_UP = enum.auto()
-    ENDING = enum.auto()  # IvrGateway.end_call
-    DONE = enum.auto()
-
-
-E = EnrollState
-ENROLL_TRANSITIONS = _table(
-    "enrollment call",
-    {
-        (E.IDENTIFY, Event.FOUND_ID): E.LOOKUP,
-        (E.IDENTIFY, Event.NO_ID): E.REFUSE,
-        (E.LOOKUP, Event.CALL_OK): E.GREET,
-        (E.LOOKUP, Event.CALL_UNKNOWN): E.REFUSE,
-        (E.LOOKUP, Event.WRONG_KIND): E.REFUSE,
-        (E.REFUSE, Event.NEXT): E.HANG_UP,
-        (E.GREET, Event.NEXT): E.ASK,
-        (E.GREET, Event.KEYED): E.CONTINUE,
-        (E.ASK, Event.ENTERED): E.CHECK,
-        (E.CONTINUE, Event.ENTERED): E.CHECK,
-        (E.CHECK, Event.ACCEPTED): E.SUCCESS,
-        (E.CHECK, Event.RETRY): E.WRONG,
-        (E.CHECK, Event.FAILED): E.FAILED,
-        (E.CHECK, Event.LOCKED): E.LOCKED,
-        (E.WRONG, Event.NEXT): E.ASK,
-        (E.WRONG, Event.KEYED): E.CONTINUE,
-        (E.SUCCESS, Event.NEXT): E.HANG_UP,
-        (E.FAILED, Event.NEXT): E.HANG_UP,
-        (E.LOCKED, Event.NEXT): E.HANG_UP,
-        (E.HANG_UP, Event.NEXT): E.ENDING,
-    },
-    EnrollState,
-    E.ENDING,
-    E.DONE,
-    E.HANG_UP,
-)
-
-
-class EnrollmentFlow(_Flow[EnrollState]):
-    transitions = ENROLL_TRANSITIONS
-    initial = EnrollState.IDENTIFY
-    ending = EnrollState.ENDING
-    done = EnrollState.DONE
-    hang_up = EnrollState.HANG_UP
-    expected_kinds = frozenset({CallKind.ENROLL, CallKind.MOBILE_CHANGE})
-
-    def __init__(self, channel: AgiChannel, gateway: IvrGateway, settings: FlowSettings) -> None:
-        super().__init__(channel, gateway, settings)
-        self.last_entry_empty = False  # only whether it was empty: the digits themselves are not kept
-        self._entry: DtmfEntry | None = None  # the first digit (barge-in) or the entry, until CHECK
-
-    def actions(self) -> Mapping[EnrollState, Callable[[], Awaitable[Event]]]:
-        return {
-            E.IDENTIFY: self._identify,
-            E.LOOKUP: self._lookup,
-            E.REFUSE: self._refuse,
-            E.GREET: self._greet,
-            E.ASK: self._ask,
-            E.CONTINUE: self._continue,
-            E.CHECK: self._check,
-            E.WRONG: self._wrong,
-            E.SUCCESS: self._success,
-            E.FAILED: self._failed,
-            E.LOCKED: self._locked,
-            E.HANG_UP: self._hang_up,
-            E.ENDING: self._ending,
-            E.DONE: self._done,
-        }
-
-    async def _greet(self) -> Event:
-        await self.channel.answer()
-        return await self._interruptible(Prompt.WELCOME)
-
-    async def _interruptible(self, prompt: Prompt) -> Event:
-        """Barge-in: the digit that stops the prompt begins the entry (Asterisk drops digits keyed between
-        two commands, so the rest is asked for at once, in CONTINUE)."""
-        digit = await self.channel.stream_file(prompt.value, BARGE_IN_DIGITS)
-        if not digit:
-            return Event.NEXT
-        self._entry = DtmfEntry(digit)
-        return Event.KEYED
-
-    async def _ask(self) -> Event:
-        self._entry = await self.channel.get_data(
-            Prompt.ENTER_LAST8.value, self.settings.dtmf_timeout_ms, LAST_DIGITS
-        )
-        return Event.ENTERED
-
-    async def _continue(self) -> Event:
-        assert self._entry is not None
-        rest = await self.channel.get_data("", self.settings.dtmf_timeout_ms, LAST_DIGITS - 1)
-        self._entry = DtmfEntry(self._entry.digits + rest.digits, rest.timed_out)
-        return Event.ENTERED
-
-    async def _check(self) -> Event:
-        assert self.attempt_id is not None and self._entry is not None
-        entry, self._entry = self._entry, None
-        self.last_entry_empty = entry.digits == ""
-        verdict = await self.gateway.check_card_digits(self.attempt_id, entry.digits)
-        log.info(
-            "IVR call {attempt}: entry {verdict}", attempt=loggable(self.attempt_id), verdict=verdict.value
-        )
-        event = _VERDICT_EVENT[verdict]
-        self.decided = event is not Event.RETRY
-        return event
-
-    async def _wrong(self) -> Event:
-        return await self._interruptible(Prompt.NO_ENTRY if self.last_entry_empty else Prompt.WRONG_RETRY)
-
-    async def _success(self) -> Event:
-        assert self.call is not None
-        mobile = self.call.kind is CallKind.MOBILE_CHANGE
-        await self._play(Prompt.MOBILE_SUCCESS if mobile else Prompt.SUCCESS)
-        return Event.NEXT
-
-    async def _failed(self) -> Event:
-        await self._play(Prompt.FAILED)
-        return Event.NEXT
-
-    async def _locked(self) -> Event:
-        await self._play(Prompt.LOCKED)
-        return Event.NEXT
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Voice fallback: read a payment token whose SMS did not arrive
-
-
-class TokenState(enum.Enum):
-    IDENTIFY = enum.auto()
-    LOOKUP = enum.auto()
-    REFUSE = enum.auto()
-    GREET = enum.auto()  # ANSWER, intro prompt
-    SAY = enum.auto()  # SAY DIGITS <token> ""
-    REPEAT = enum.auto()  # "once more" prompt, then SAY again
-    GOODBYE = enum.auto()
-    HANG_UP = enum.auto()
-    ENDING = enum.auto()
-    DONE = enum.auto()
-
-
-T = TokenState
-TOKEN_TRANSITIONS = _table(
-    "voice token call",
-    {
-        (T.IDENTIFY, Event.FOUND_ID): T.LOOKUP,
-        (T.IDENTIFY, Event.NO_ID): T.REFUSE,
-        (T.LOOKUP, Event.CALL_OK): T.GREET,
-        (T.LOOKUP, Event.CALL_UNKNOWN): T.REFUSE,
-        (T.LOOKUP, Event.WRONG_KIND): T.REFUSE,
-        (T.REFUSE, Event.NEXT): T.HANG_UP,
-        (T.GREET, Event.NEXT): T.SAY,
-        (T.SAY, Event.AGAIN): T.REPEAT,
-        (T.SAY, Event.NEXT): T.GOODBYE,
-        (T.REPEAT, Event.NEXT): T.SAY,
-        (T.GOODBYE, Event.NEXT): T.HANG_UP,
-        (T.HANG_UP, Event.NEXT): T.ENDING,
-    },
-    TokenState,
-    T.ENDING,
-    T.DONE,
-    T.HANG_UP,
-)
-
-
-class VoiceTokenFlow(_Flow[TokenState]):
-    transitions = TOKEN_TRANSITIONS
-    initial = TokenState.IDENTIFY
-    ending = TokenState.ENDING
-    done = TokenState.DONE
-    hang_up = TokenState.HANG_UP
-    expected_kinds = frozenset({CallKind.VOICE_TOKEN})
-
-    def __init__(self, channel: AgiChannel, gateway: IvrGateway, settings: FlowSettings) -> None:
-        super().__init__(channel, gateway, settings)
-        self.readings = 0
-
-    def actions(self) -> Mapping[TokenState, Callable[[], Awaitable[Event]]]:
-        return {
-            T.IDENTIFY: self._identify,
-            T.LOOKUP: self._lookup,
-            T.REFUSE: self._refuse,
-            T.GREET: self._greet,
-            T.SAY: self._say,
-            T.REPEAT: self._repeat,
-            T.GOODBYE: self._goodbye,
-            T.HANG_UP: self._hang_up,
-            T.ENDING: self._ending,
-            T.DONE: self._done,
-        }
-
-    async def _greet(self) -> Event:
-        assert self.call is not None
-        if not self.call.token or not self.call.token.isdigit():
-            log.error(
-                "IVR call {attempt}: voice token call without a token", attempt=loggable(self.attempt_id)
-            )
-            raise ValueError("no token")  # -> CORE_ERROR: hang up, end the call as an error
-        await self.channel.answer()
-        await self._play(Prompt.TOKEN_INTRO)
-        return Event.NEXT
-
-    async def _say(self) -> Event:
-        assert self.call is not None and self.call.token is not None
-        await self.channel.say_digits(self.call.token)
-        self.readings += 1
-        self.decided = self.readings >= self.settings.token_repeats
-        return Event.AGAIN if self.readings < self.settings.token_repeats else Event.NEXT
-
-    async def _repeat(self) -> Event:
-        await self._play(Prompt.TOKEN_REPEAT)
-        return Event.NEXT
-
-    async def _goodbye(self) -> Event:
-        await self._play(Prompt.GOODBYE)
-        return Event.NEXT
+    return Transitions(name, states, Event, table, initial=(identify,))

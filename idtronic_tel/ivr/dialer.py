@@ -37,15 +37,15 @@ from idtronic_tel.config_schema import AmiConfig
 from idtronic_tel.core.phones import dial_forms
 from idtronic_tel.core.ports import CallbackJob, CallbackQueue, CallOutcome
 from idtronic_tel.core.states import Transitions
-from idtronic_tel.ivr.ami_client import AmiClient, originate_outcome
-from idtronic_tel.ivr.ami_codec import Message
-from idtronic_tel.ivr.ami_protocol import (
+from idtronic_tel.ivr.ami_actions import (
     SHUTTING_DOWN_MESSAGE,
     AmiActionTimeout,
     AmiConnectionLost,
     AmiNotLoggedIn,
     is_success,
 )
+from idtronic_tel.ivr.ami_client import AmiClient, originate_outcome
+from idtronic_tel.ivr.ami_codec import Message
 from idtronic_tel.logsafe import loggable
 
 CALL_OUTCOMES = Counter(

@@ -5,30 +5,25 @@ unbind, gives each submit_sm a message id of 8 upper-case hex digits as node-smp
 receipt after `receipt_delay` seconds with `receipt_status` (unless receipts are off), answers
 ESME_RTHROTTLED to the submits beyond `max_tps` in a second, and prints each message on stdout (the one
 place in the package that shows an SMS text: it is a simulator) and/or appends it to a JSON-lines file.
-Run it with `idtronic-tel smsc-sim` (options: `add_arguments`; docs/operator.md).
+Run it with `idtronic-tel smsc-sim` (`smsc_command`; docs/operator.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import IO, Any, Final
 
-from twisted.application.service import IService, Service
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
+from twisted.application.service import IService
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from ..smpp import codec
+from .listening import ListeningService
 
-_MESSAGE_STATES: Final = {
+MESSAGE_STATES: Final = {
     "DELIVRD": 2,
     "EXPIRED": 3,
     "DELETED": 4,
@@ -90,7 +85,7 @@ class SmscSimulator:
         receipts: bool = True,
         max_tps: int = 0,
     ) -> None:
-        if receipt_status not in _MESSAGE_STATES:
+        if receipt_status not in MESSAGE_STATES:
             raise ValueError(f"unknown receipt status {receipt_status!r}")
         self.clock = clock
         self.system_id = system_id
@@ -139,12 +134,22 @@ class SmscSimulator:
             self.timers.discard(call)
             for receiver in self.receivers:
                 receiver.send_receipt(
-                    message, submit, self.receipt_status, _MESSAGE_STATES[self.receipt_status]
+                    message, submit, self.receipt_status, MESSAGE_STATES[self.receipt_status]
                 )
                 return
 
         call = self.clock.callLater(self.receipt_delay, send)
         self.timers.add(call)
+
+    def stop(self) -> None:
+        """Cancel the receipts not sent yet and close every connection."""
+        for call in list(self.timers):
+            if call.active():
+                call.cancel()
+        self.timers.clear()
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.loseConnection()
 
 
 class SmscProtocol(Protocol):
@@ -272,59 +277,12 @@ class SmscFactory(Factory):
         return protocol
 
 
-class SmscService(Service):
-    """Listens on an endpoint string; `when_listening()` gives the port (useful with `tcp:0`)."""
+class SmscService(ListeningService):
+    """The simulator listening on an endpoint string; `when_listening()` gives the port (with `tcp:0`)."""
 
     def __init__(self, reactor: Any, listen: str, simulator: SmscSimulator) -> None:
-        self.reactor = reactor
-        self.listen = listen
+        super().__init__(reactor, listen, SmscFactory(simulator), simulator.stop, "smsc-sim")
         self.simulator = simulator
-        self.port: IListeningPort | None = None
-        self._waiters: list[Deferred[IListeningPort]] = []
-        self.setName("smsc-sim")
-
-    def startService(self) -> None:
-        super().startService()
-
-        def listening(port: IListeningPort) -> None:
-            self.port = port
-            waiters, self._waiters = self._waiters, []
-            for waiter in waiters:
-                waiter.callback(port)
-
-        def failed(failure: Failure) -> None:
-            waiters, self._waiters = self._waiters, []
-            if not waiters:
-                self.log.failure("SMSC simulator cannot listen", failure)
-            for waiter in waiters:
-                waiter.errback(failure)
-
-        endpoint = serverFromString(self.reactor, self.listen)
-        endpoint.listen(SmscFactory(self.simulator)).addCallbacks(listening, failed)
-
-    log = Logger()
-
-    def when_listening(self) -> Deferred[IListeningPort]:
-        if self.port is not None:
-            return succeed(self.port)
-        waiter: Deferred[IListeningPort] = Deferred()
-        self._waiters.append(waiter)
-        return waiter
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        for call in list(self.simulator.timers):
-            if call.active():
-                call.cancel()
-        self.simulator.timers.clear()
-        for connection in list(self.simulator.connections):
-            if connection.transport is not None:
-                connection.transport.loseConnection()
-        if self.port is not None:
-            port, self.port = self.port, None
-            stopped: Deferred[None] | None = port.stopListening()
-            return stopped
-        return None
 
 
 def makeService(
@@ -348,97 +306,3 @@ def makeService(
         reactor, system_id, password, receipt_delay, receipt_status, record_path, echo, receipts, max_tps
     )
     return SmscService(reactor, listen, simulator)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `idtronic-tel smsc-sim`."""
-    parser.add_argument(
-        "--listen",
-        default="tcp:2775:interface=127.0.0.1",
-        metavar="ENDPOINT",
-        help="Twisted server endpoint string (default: %(default)s; tcp:0 picks a free port)",
-    )
-    parser.add_argument("--system-id", default="idtronic", help="system_id binds must give (%(default)s)")
-    parser.add_argument("--password", default="", help="password binds must give (default: empty)")
-    parser.add_argument(
-        "--receipts",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="send a delivery receipt when the ESME asks for one (default: on)",
-    )
-    parser.add_argument(
-        "--receipt-delay",
-        type=float,
-        default=1.0,
-        metavar="SECONDS",
-        help="before each receipt (%(default)s)",
-    )
-    parser.add_argument(
-        "--receipt-status",
-        default="DELIVRD",
-        choices=sorted(_MESSAGE_STATES),
-        help="the stat: of every receipt (%(default)s)",
-    )
-    parser.add_argument(
-        "--max-tps",
-        type=int,
-        default=0,
-        metavar="N",
-        help="accept N submit_sm per second, answer ESME_RTHROTTLED to the others (default: 0, no limit)",
-    )
-    parser.add_argument(
-        "--record", default=None, metavar="FILE", help="append each message to this JSON-lines file"
-    )
-    parser.add_argument("--quiet", action="store_true", help="do not print each message on stdout")
-
-
-def run(options: argparse.Namespace) -> int:
-    """Run until interrupted: one line when listening, then one per message (unless --quiet)."""
-    from twisted.internet import reactor
-
-    from ..listener import address_url, describe
-    from ..runner import start_logging
-
-    start_logging(stream=sys.stderr)
-    service = makeService(
-        options.listen,
-        options.system_id,
-        options.password,
-        options.receipt_delay,
-        options.receipt_status,
-        options.record,
-        reactor=reactor,
-        echo=None if options.quiet else sys.stdout,
-        receipts=options.receipts,
-        max_tps=options.max_tps,
-    )
-    assert isinstance(service, SmscService)
-
-    problems: list[str] = []
-
-    def listening(port: IListeningPort) -> None:
-        where = address_url("smpp", port.getHost())
-        sys.stdout.write(f"SMSC simulator listening on {where} (system_id {options.system_id})\n")
-        sys.stdout.flush()
-
-    def failed(failure: Failure) -> None:
-        assert failure.value is not None
-        problems.append(f"SMSC simulator cannot listen {describe(failure.value)}")
-        reactor.stop()
-
-    def started() -> None:
-        service.when_listening().addCallbacks(listening, failed)
-        service.startService()
-
-    reactor.callWhenRunning(started)
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    reactor.run()
-    for problem in problems:
-        sys.stderr.write(f"idtronic-tel: {problem}\n")
-    return 1 if problems else 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="idtronic-tel smsc-sim", description="Built-in SMSC simulator")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
