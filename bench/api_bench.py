@@ -201,6 +201,7 @@ def start_daemons(setup: Setup, count: int) -> list[Daemon]:
             **environ,
             "IDTRONIC_HTTP_LISTEN": f"tcp:{port}:interface=127.0.0.1",
             "IDTRONIC_AGI_LISTEN": f"tcp:{_free_port()}:interface=127.0.0.1",
+            "IDTRONIC_HTTP_METRICS_LISTEN": "tcp:0:interface=127.0.0.1",
         }
         log = setup.workdir / f"daemon{index}.log"
         with log.open("wb") as out:

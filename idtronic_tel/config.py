@@ -458,11 +458,13 @@ def _timezone(value: Any) -> str | None:
     return None
 
 
-def _endpoint(kind: str) -> Check:
+def _endpoint(kind: str, allow_empty: bool = False) -> Check:
     """Checks a Twisted endpoint string by building it on a MemoryReactor: nothing listens or connects."""
     parse = serverFromString if kind == "server" else clientFromString
 
     def check(value: Any) -> str | None:
+        if allow_empty and value == "":
+            return None
         try:
             endpoint = parse(MemoryReactor(), value)
         except OSError as exc:
@@ -484,6 +486,10 @@ _ASTERISK_NAME = r"[A-Za-z0-9_.+-]{1,79}"
 _CHECKS: dict[str, Check] = {
     "http.listen": _endpoint("server"),
     "http.max_body_bytes": _between(1024, 10 * 1024 * 1024, "bytes"),
+    "http.header_timeout": _seconds(1, 300),
+    "http.body_timeout": _seconds(1, 600),
+    "http.max_connections_per_address": _between(1, 100_000, "connections"),
+    "http.metrics_listen": _endpoint("server", allow_empty=True),
     "database.pool_threads": _between(1, 64, "threads"),
     "api.operator_key": _secret(16),
     "api.merchant_requests_per_minute": _between(1, 1_000_000, "requests per minute"),

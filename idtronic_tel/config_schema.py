@@ -16,6 +16,12 @@ class HttpConfig:
     listen: str = "tcp:8080:interface=127.0.0.1"
     max_body_bytes: int = 65536
     trust_forwarded_for: bool = False  # use X-Forwarded-For for per-address limits (behind a proxy only)
+    header_timeout: float = 10.0  # the request line and headers must arrive within this
+    body_timeout: float = 30.0  # the body must arrive within this once the headers are in
+    max_connections_per_address: int = 128  # open connections of one client address (a proxy is one)
+    # GET /metrics without a key on its own listener; "" for none. The API listener serves it with the
+    # operator key either way.
+    metrics_listen: str = "tcp:9464:interface=127.0.0.1"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,9 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 
 from .api.app import build_router
-from .api.resource import ApiResource, QuietSite
+from .api.front import Front
+from .api.metrics import MetricsResource
+from .api.resource import ApiResource
 from .config_schema import Config
 from .core.crypto import Vault
 from .core.db import DBPool, check_schema, is_empty, make_engine, migrate
@@ -134,14 +136,29 @@ def build(
         "fastagi", "FastAGI", "agi", agi_endpoint(reactor, config.agi), agi, daemon.fatal
     )
     router = build_router(core, daemon.links, daemon.listener_states)
-    site = QuietSite(ApiResource(core, router, config.http, config.api))
-    scheme = "https" if config.http.listen.startswith("ssl:") else "http"
+    site = Front(ApiResource(core, router, config.http, config.api), config.http, reactor)
     http = serverFromString(reactor, config.http.listen)
-    daemon.listeners["http"] = Listener("http", "HTTP API", scheme, http, site, daemon.fatal)
+    daemon.listeners["http"] = Listener(
+        "http", "HTTP API", _scheme(config.http.listen), http, site, daemon.fatal
+    )
+    if config.http.metrics_listen:
+        metrics = serverFromString(reactor, config.http.metrics_listen)
+        daemon.listeners["metrics"] = Listener(
+            "metrics",
+            "Metrics",
+            _scheme(config.http.metrics_listen),
+            metrics,
+            Front(MetricsResource(), config.http, reactor),
+            daemon.fatal,
+        )
     for listener in daemon.listeners.values():
         listener.setServiceParent(top)
     TimerService(HOUSEKEEPING_SECONDS, _housekeeping, core).setServiceParent(top)
     return daemon
+
+
+def _scheme(endpoint: str) -> str:
+    return "https" if endpoint.startswith("ssl:") else "http"
 
 
 def _housekeeping(core: Core) -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import treq
+from domain_helpers import FIRST8, LAST8
 from twisted.internet import reactor
-from twisted.web.server import Site
 
 from idtronic_tel.api.app import build_router
+from idtronic_tel.api.front import Front
 from idtronic_tel.api.resource import ApiResource
 from idtronic_tel.config_schema import ApiConfig, CallbackConfig, Config
 from idtronic_tel.core.crypto import Vault
@@ -20,6 +24,7 @@ from idtronic_tel.core.rules import Rules
 from idtronic_tel.core.states import EndReason
 
 OPERATOR_KEY = "idt_op_test-operator-key-0123456789abcdefghijklmno"
+PAYMENT = {"amount": 4990, "currency": "EUR", "reference": "order-42"}
 
 
 def api_config(base: Config, **api: Any) -> Config:
@@ -42,18 +47,28 @@ class Answer:
 
 
 class ApiHarness:
-    def __init__(self, url: str, config: Config, links: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        config: Config,
+        links: dict[str, Any] | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
+        limiter_clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`clock`: the core's time (Rules); `limiter_clock`: the API rate limiters' time."""
         self.config = config
         self.pool = DBPool(reactor, make_engine(url), 4)  # type: ignore[arg-type]
         self.pool.start()
-        self.rules = Rules(config, Vault(config.keys.data_key, config.keys.hmac_key))
+        vault = Vault(config.keys.data_key, config.keys.hmac_key)
+        self.rules = Rules(config, vault, clock) if clock is not None else Rules(config, vault)
         self.core = Core(reactor, self.pool, self.rules)  # type: ignore[arg-type]
         self.outbox = CoreSmsOutbox(self.core)
         self.calls = CoreCallbackQueue(self.core)
         self.ivr = CoreIvrGateway(self.core)
         router = build_router(self.core, lambda: links or {"ami": "not configured", "smpp": "not configured"})
-        self.resource = ApiResource(self.core, router, config.http, config.api)
-        self.port = reactor.listenTCP(0, Site(self.resource), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.resource = ApiResource(self.core, router, config.http, config.api, limiter_clock)
+        self.site = Front(self.resource, config.http, reactor)
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"
 
     async def stop(self) -> None:
@@ -120,3 +135,12 @@ class ApiHarness:
             out.append((sms.destination, sms.text))
             await self.outbox.mark_submitted("test", sms.sms_id, [f"{sms.sms_id:08X}"], "test", 0)
         return out
+
+
+async def ready(h: ApiHarness) -> tuple[str, str, str]:
+    """(merchant key, identifier, payment id): an active cardholder (FIRST8, LAST8) and one payment."""
+    _, key = await h.merchant()
+    identifier = await h.active_cardholder(FIRST8, LAST8)
+    created = await h.call("POST", "/v1/payments", {**PAYMENT, "identifier": identifier}, key)
+    assert created.status == 201, created.body
+    return key, identifier, created.body["id"]

@@ -72,7 +72,11 @@ class DaemonHarness:
         self.config = replace(
             base,
             database=replace(base.database, url=url),
-            http=replace(base.http, listen=f"tcp:{http}:interface=127.0.0.1"),
+            http=replace(
+                base.http,
+                listen=f"tcp:{http}:interface=127.0.0.1",
+                metrics_listen="tcp:0:interface=127.0.0.1",
+            ),
             agi=replace(base.agi, listen=f"tcp:{agi}:interface=127.0.0.1"),
             api=replace(
                 ApiConfig(),

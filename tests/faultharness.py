@@ -275,6 +275,7 @@ class DaemonProcess:
             **clean_environ(),
             "IDTRONIC_HTTP_LISTEN": f"tcp:{self.port}:interface=127.0.0.1",
             "IDTRONIC_AGI_LISTEN": f"tcp:{self.agi_port}:interface=127.0.0.1",
+            "IDTRONIC_HTTP_METRICS_LISTEN": "tcp:0:interface=127.0.0.1",
         }
         self.starts += 1
         with self.log.open("ab") as out:

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import pytest_twisted
 import treq
-from apiharness import OPERATOR_KEY, ApiHarness, api_config
+from apiharness import OPERATOR_KEY, PAYMENT, ApiHarness, api_config, ready
 from conftest import test_config
 from domain_helpers import FIRST8, LAST8
 from hypothesis import HealthCheck, given, settings
@@ -23,8 +23,6 @@ from idtronic_tel.api.app import build_router
 from idtronic_tel.api.errors import STATUS
 from idtronic_tel.api.resource import REASONS
 from idtronic_tel.api.routing import Call, Reply
-
-PAYMENT = {"amount": 4990, "currency": "EUR", "reference": "order-42"}
 
 
 @pytest.fixture
@@ -38,15 +36,6 @@ def token_of(text: str) -> str:
     match = re.search(r"code (\d{6})", text)
     assert match, "no token in the SMS"
     return match.group(1)
-
-
-async def ready(h: ApiHarness) -> tuple[str, str, str]:
-    """(merchant key, identifier, payment id) with the payment's SMS already claimed."""
-    _, key = await h.merchant()
-    identifier = await h.active_cardholder(FIRST8, LAST8)
-    created = await h.call("POST", "/v1/payments", {**PAYMENT, "identifier": identifier}, key)
-    assert created.status == 201, created.body
-    return key, identifier, created.body["id"]
 
 
 @pytest_twisted.ensureDeferred
@@ -382,7 +371,8 @@ async def test_health_metrics_and_pages(harness: ApiHarness) -> None:
     h = harness
     health = await h.call("GET", "/healthz")
     assert health.status == 200 and health.body["database"] == "up"
-    metrics = await h.call("GET", "/metrics")
+    assert (await h.call("GET", "/metrics")).status == 401  # on the API listener: the operator's key
+    metrics = await h.call("GET", "/metrics", key=OPERATOR_KEY)
     assert metrics.status == 200 and b"idtronic_http_requests_total" in metrics.body
     page = await h.call("GET", "/")
     assert page.status == 200 and b'<form id="enroll-form"' in page.body
@@ -587,11 +577,17 @@ async def test_openapi_describes_every_route_and_every_answer(harness: ApiHarnes
 async def test_public_routes_are_limited_per_identifier(sqlite_url: str) -> None:
     h = ApiHarness(sqlite_url, api_config(test_config(), identifier_requests_per_hour=2))
     try:
-        statuses = [(await h.call("GET", "/v1/enrollments/1234567897")).status for _ in range(2)]
+        reads = [(await h.call("GET", "/v1/enrollments/1234567897")).status for _ in range(5)]
+        assert reads == [404] * 5  # status reads count against the address only
+        challenges = [
+            (await h.call("POST", "/v1/profile/challenges", {"identifier": "1234567897"})).status
+            for _ in range(2)
+        ]
         limited = await h.call("POST", "/v1/profile/challenges", {"identifier": "1234567897"})
-        assert statuses == [404, 404] and limited.status == 429  # 2 per identifier and hour
+        assert challenges == [202, 202] and limited.status == 429  # 2 per identifier and hour
         assert int(limited.header("retry-after") or 0) > 60
-        assert (await h.call("GET", "/v1/enrollments/5555555557")).status == 404  # another identifier
+        other = await h.call("POST", "/v1/profile/challenges", {"identifier": "5555555557"})
+        assert other.status == 202  # another identifier
     finally:
         await h.stop()
 

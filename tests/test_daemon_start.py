@@ -85,16 +85,21 @@ def test_run_on_an_empty_data_directory_creates_the_schema_and_says_where_it_lis
     tmp_path: Path, daemon: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
     process = daemon(
-        IDTRONIC_HTTP_LISTEN="tcp:0:interface=127.0.0.1", IDTRONIC_AGI_LISTEN="tcp:0:interface=127.0.0.1"
+        IDTRONIC_HTTP_LISTEN="tcp:0:interface=127.0.0.1",
+        IDTRONIC_AGI_LISTEN="tcp:0:interface=127.0.0.1",
+        IDTRONIC_HTTP_METRICS_LISTEN="tcp:0:interface=127.0.0.1",
     )
-    texts = texts_until(process, lambda t: sum(" on " in x and "://" in x for x in t) == 2)
+    texts = texts_until(process, lambda t: sum(" on " in x and "://" in x for x in t) == 3)
     assert "schema created at revision" in texts[0]
     http = next(t for t in texts if t.startswith("HTTP API on http://127.0.0.1:")).split(" on ")[1]
     assert any(t.startswith("FastAGI on agi://127.0.0.1:") for t in texts)
     assert not [t for t in texts if "factory" in t.lower()]  # Twisted's per-factory lines stay hidden
     status, health = get(http + "/healthz")
     assert status == 200 and health["status"] == "ok"
-    assert health["listeners"] == {"fastagi": "up", "http": "up"}
+    assert health["listeners"] == {"fastagi": "up", "http": "up", "metrics": "up"}
+    metrics = next(t for t in texts if t.startswith("Metrics on http://127.0.0.1:")).split(" on ")[1]
+    with urllib.request.urlopen(metrics + "/metrics", timeout=10) as answer:  # no key on its own listener
+        assert answer.status == 200 and b"idtronic_http_requests_total" in answer.read()
     assert health["links"] == {"ami": "not configured", "smpp": "not configured"}
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
@@ -111,6 +116,7 @@ def test_a_port_already_taken_stops_the_daemon_with_one_line_naming_it_and_its_h
         process = daemon(
             IDTRONIC_HTTP_LISTEN="tcp:0:interface=127.0.0.1",
             IDTRONIC_AGI_LISTEN=f"tcp:{port}:interface=127.0.0.1",
+            IDTRONIC_HTTP_METRICS_LISTEN="tcp:0:interface=127.0.0.1",
         )
         assert process.wait(timeout=60) == 1
     assert process.stderr is not None

@@ -50,7 +50,7 @@ async def test_demo_hands_over_what_a_newcomer_needs_and_keeps_its_merchant(
         test_config(),
         data_dir=tmp_path,
         database=DatabaseConfig(url=sqlite_url),
-        http=HttpConfig(listen=f"tcp:{http}:interface=127.0.0.1"),
+        http=HttpConfig(listen=f"tcp:{http}:interface=127.0.0.1", metrics_listen="tcp:0:interface=127.0.0.1"),
         agi=AgiConfig(listen=f"tcp:{free_port()}:interface=127.0.0.1"),
         demo=DemoConfig(enabled=True),
     )

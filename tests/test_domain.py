@@ -25,6 +25,7 @@ from idtronic_tel.core.errors import (
     NotPending,
     PaymentRefused,
     RateLimited,
+    ResendLimit,
 )
 from idtronic_tel.core.models import AuditEntry, CallbackAttempt, Cardholder, SmsMessage
 from idtronic_tel.core.ports import CallOutcome, DigitsVerdict, Recovered
@@ -304,8 +305,9 @@ def test_resend_rules(core, clock):  # type: ignore[no-untyped-def]
         clock.advance(30)
         core(payments.resend, shop, created["id"])
     clock.advance(30)
-    with pytest.raises(RateLimited):
-        core(payments.resend, shop, created["id"])  # at most 3 resends
+    with pytest.raises(ResendLimit) as used:
+        core(payments.resend, shop, created["id"])  # at most 3 resends, for good: no retry_after
+    assert used.value.extra == {"max_resends": 3} and not hasattr(used.value, "retry_after")
 
 
 def test_tokens_rate_limited_per_cardholder(core, clock):  # type: ignore[no-untyped-def]

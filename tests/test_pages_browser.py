@@ -296,3 +296,42 @@ async def test_cardholder_pages_in_chromium(
         if driver is not None:
             await threads.deferToThread(driver.quit)
         await h.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_enrollment_page_keeps_polling_through_a_429(
+    browser_tools: None, sqlite_url: str, profile_dir: Path, tmp_path: Path
+) -> None:
+    """The page polls the status every 3 s; a 429 (here: the address's budget used up, on a frozen
+    limiter clock) must not end the polling: it comes back after Retry-After and shows the callback's
+    result."""
+    from prometheus_client import REGISTRY
+
+    now = [0.0]
+    config = api_config(test_config(), public_requests_per_minute=60)  # 30 at once, then 1 a second
+    h = ApiHarness(sqlite_url, config, limiter_clock=lambda: now[0])
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    limited = {"route": "/v1/enrollments/{identifier}", "method": "GET", "status": "429"}
+
+    def refusals() -> float:
+        return REGISTRY.get_sample_value("idtronic_http_requests_total", limited) or 0.0
+
+    driver = None
+    try:
+        driver = await threads.deferToThread(start_browser, profile_dir)
+        page = Page(driver, h.base)
+        identifier = await threads.deferToThread(enrollment_phase, page, shots)
+        while (await h.call("GET", f"/v1/enrollments/{identifier}")).status != 429:
+            pass  # the test uses up what is left of the address's budget
+        mine = refusals()
+        await until(lambda: refusals() > mine, WAIT, "the page's poll to be refused")
+        now[0] += 60  # the budget refills
+        assert await h.answer_callback(LAST8) == "accepted"
+        await threads.deferToThread(
+            page.until, lambda: page.text("#enroll-status") == "actif", "the status after the 429"
+        )
+    finally:
+        if driver is not None:
+            await threads.deferToThread(driver.quit)
+        await h.stop()

@@ -130,6 +130,7 @@ def cluster(pg_url: str, tmp_path: Path) -> Iterator[Cluster]:
                 **environ,
                 "IDTRONIC_HTTP_LISTEN": f"tcp:{port}:interface=127.0.0.1",
                 "IDTRONIC_AGI_LISTEN": f"tcp:{_free_port()}:interface=127.0.0.1",
+                "IDTRONIC_HTTP_METRICS_LISTEN": "tcp:0:interface=127.0.0.1",
             }
             log = tmp_path / f"daemon{index}.log"
             logs.append(log)

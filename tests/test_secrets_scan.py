@@ -441,7 +441,11 @@ async def test_demo_run_logs_no_secret(sqlite_url: str, captured: LogCapture, tm
         base,
         data_dir=tmp_path,
         database=replace(base.database, url=sqlite_url),
-        http=replace(HttpConfig(), listen=f"tcp:{free_port()}:interface=127.0.0.1"),
+        http=replace(
+            HttpConfig(),
+            listen=f"tcp:{free_port()}:interface=127.0.0.1",
+            metrics_listen="tcp:0:interface=127.0.0.1",
+        ),
         agi=replace(AgiConfig(), listen=f"tcp:{free_port()}:interface=127.0.0.1"),
         api=replace(ApiConfig(), operator_key=operator_key),
         demo=replace(DemoConfig(), enabled=True),

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..core.facade import Core
 from . import openapi, pages
 from .bodies import BodySchema, Field
 from .errors import ApiError
+from .metrics import scrape
 from .routing import Call, Reply, Route, Router
 
 Links = Callable[[], dict[str, Any]]
@@ -178,7 +179,7 @@ def build_router(core: Core, links: Links, listeners: Listeners = dict) -> Route
         return Reply(200 if database else 503, {"status": status, **body})
 
     async def metrics(call: Call) -> Reply:
-        return Reply(200, generate_latest(), content_type=CONTENT_TYPE_LATEST)
+        return Reply(200, await scrape(), content_type=CONTENT_TYPE_LATEST)
 
     async def notice(call: Call) -> Reply:
         suspended, text = await core.suspension_state()
@@ -255,7 +256,7 @@ def build_router(core: Core, links: Links, listeners: Listeners = dict) -> Route
             "none",
             "Enrollment status",
             {200: "EnrollmentStatus", 404: "Error", 429: "Error", 503: "Error"},
-            limited="identifier",
+            limited="public",  # polled by the page: never charged to the identifier's callback budget
             suspendable=True,
         ),
         Route(
@@ -407,7 +408,14 @@ def build_router(core: Core, links: Links, listeners: Listeners = dict) -> Route
             {200: "Notice"},
         ),
         Route("GET", "/healthz", healthz, "none", "Database and links", {200: "Health", 503: "Health"}),
-        Route("GET", "/metrics", metrics, "none", "Prometheus metrics", {200: "text"}),
+        Route(
+            "GET",
+            "/metrics",
+            metrics,
+            "operator",
+            "Prometheus metrics (also without a key on the metrics listener, http.metrics_listen)",
+            {200: "text", 401: "Error"},
+        ),
         Route("GET", "/v1/openapi.json", document, "none", "This document", {200: "object"}),
         *pages.routes(),
     ]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from . import safejson
 from .errors import ApiError
 
 _TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "boolean": (bool,)}
@@ -45,13 +45,7 @@ class BodySchema:
 
     def parse(self, raw: bytes) -> dict[str, Any]:
         """The body as a dict of declared fields, or an ApiError naming what is wrong."""
-        if not raw.strip():
-            document: Any = {}
-        else:
-            try:
-                document = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ApiError("invalid_json", f"the body is not valid JSON: {exc}") from None
+        document = safejson.loads(raw) if raw.strip() else {}
         if not isinstance(document, dict):
             raise ApiError("invalid_json", "the body must be a JSON object")
         known = {f.name: f for f in self.fields}

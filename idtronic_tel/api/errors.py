@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from ..core.errors import DomainError
@@ -14,9 +15,11 @@ STATUS = {
     "invalid_session": 401,
     "not_found": 404,
     "method_not_allowed": 405,
+    "request_timeout": 408,
     "not_pending": 409,
     "conflict": 409,
     "idempotency_conflict": 409,
+    "resend_limit": 409,
     "body_too_large": 413,
     "unsupported_media_type": 415,
     "invalid_fields": 422,
@@ -25,6 +28,15 @@ STATUS = {
     "rate_limited": 429,
     "service_suspended": 503,
     "unavailable": 503,
+}
+
+# The reason phrase of every status the API sends, as RFC 9110 names them (Twisted knows neither 422 nor
+# 429 and would send "Unknown Status").
+REASONS = {
+    status: HTTPStatus(status).phrase.encode() for status in (*STATUS.values(), 200, 201, 202, 204, 500)
+} | {
+    413: b"Content Too Large",
+    422: b"Unprocessable Content",
 }
 
 SUSPENDED_RETRY_AFTER = 300  # seconds; suspension has no planned end, so ask clients to come back later

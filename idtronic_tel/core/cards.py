@@ -8,7 +8,7 @@ from .crypto import random_digits
 
 
 def luhn_valid(number: str) -> bool:
-    if not number.isdigit() or not number:
+    if not (number.isascii() and number.isdigit()):  # str.isdigit() takes Arabic-Indic digits too
         return False
     total = 0
     for index, char in enumerate(reversed(number)):

@@ -60,6 +60,12 @@ class IdempotencyConflict(DomainError):
     code = "idempotency_conflict"
 
 
+class ResendLimit(DomainError):
+    """Every resend of this payment is used: waiting will not help, so no retry_after."""
+
+    code = "resend_limit"
+
+
 class RateLimited(DomainError):
     code = "rate_limited"
 

@@ -23,6 +23,7 @@ from .errors import (
     NotPending,
     PaymentRefused,
     RateLimited,
+    ResendLimit,
 )
 from .merchants import MerchantAuth
 from .models import AuditEntry, Cardholder, Challenge, IdempotencyRecord, Payment, SmsMessage
@@ -497,7 +498,7 @@ def resend(s: Session, rules: Rules, merchant: MerchantAuth, payment_id: str) ->
         raise NotPending("the payment is not pending", status=payment.status)
     cfg = rules.config.tokens
     if payment.resends >= cfg.max_resends:
-        raise RateLimited("no more resends for this payment", retry_after=cfg.lifetime)
+        raise ResendLimit("no more resends for this payment", max_resends=cfg.max_resends)
     wait = (payment.last_token_at + dt.timedelta(seconds=cfg.resend_interval) - rules.now()).total_seconds()
     if wait > 0:
         raise RateLimited("a code was sent moments ago", retry_after=wait)

@@ -7,7 +7,7 @@ async function api(method, path, body, session) {
   if (session) headers.authorization = "Session " + session;
   const response = await fetch(path, { method, headers, body: body ? JSON.stringify(body) : undefined });
   const data = response.status === 204 ? {} : await response.json();
-  return { status: response.status, data };
+  return { status: response.status, data, retryAfter: Number(response.headers.get("Retry-After")) || 0 };
 }
 
 function describe(error) {
@@ -68,12 +68,19 @@ const STATUS = {
   failed: "échec de la vérification",
 };
 
+const POLL_MS = 3000;
+
 async function refreshEnrollment(identifier) {
-  const { status, data } = await api("GET", "/v1/enrollments/" + identifier);
+  const { status, data, retryAfter } = await api("GET", "/v1/enrollments/" + identifier);
+  if (status === 429 || status === 503) {
+    // Too many requests, or suspended for a while: keep following, as late as Retry-After asks.
+    setTimeout(() => refreshEnrollment(identifier), Math.max(POLL_MS, retryAfter * 1000));
+    return;
+  }
   if (status !== 200) return;
   document.getElementById("enroll-status").textContent = STATUS[data.status] || data.status;
   document.getElementById("new-callback").hidden = data.status !== "failed";
-  if (data.status !== "active" && data.status !== "failed") setTimeout(() => refreshEnrollment(identifier), 3000);
+  if (data.status !== "active" && data.status !== "failed") setTimeout(() => refreshEnrollment(identifier), POLL_MS);
 }
 
 function setupEnrollment() {
