@@ -5,13 +5,15 @@ from __future__ import annotations
 import base64
 import os
 import stat
+import typing
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from idtronic_tel import config as config_module
 from idtronic_tel.config import ConfigError, load_config, prepare_data_dir
-from idtronic_tel.config_schema import Config
+from idtronic_tel.config_schema import Config, SmppBindConfig
+from idtronic_tel.config_sources import SECTIONS
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "idtronic.toml"
 
@@ -183,14 +185,13 @@ GOOD_VALUES = [
 
 
 def test_every_number_has_bounds() -> None:
-    sections = [*config_module._SECTIONS, config_module._BIND]
     numeric = [
-        f"{section}.{key}"
-        for section in sections
-        for key, kind in config_module._keys(section).items()
-        if kind in ("int", "float")
+        (cls, f)
+        for cls in (*SECTIONS.values(), SmppBindConfig)
+        for f in fields(cls)
+        if typing.get_type_hints(cls)[f.name] in (int, float)
     ]
-    assert [name for name in numeric if name not in config_module._CHECKS] == []
+    assert numeric and [f"{cls.__name__}.{f.name}" for cls, f in numeric if not f.metadata.get("check")] == []
 
 
 @pytest.mark.parametrize(("section", "key", "value"), GOOD_VALUES)
