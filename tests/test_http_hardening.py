@@ -266,7 +266,7 @@ async def test_head_answers_like_get_without_the_body(harness: ApiHarness) -> No
         ("/v1/notice", ()),
         ("/v1/openapi.json", ()),
         ("/", ()),
-        ("/static/app.js", ()),
+        ("/static/site.js", ()),
         (f"/v1/payments/{payment}", (bearer,)),
     ):
         get = await raw_exchange(port, request_bytes("GET", path, *headers))

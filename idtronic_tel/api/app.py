@@ -417,7 +417,7 @@ def build_router(core: Core, links: Links, listeners: Listeners = dict) -> Route
             {200: "text", 401: "Error"},
         ),
         Route("GET", "/v1/openapi.json", document, "none", "This document", {200: "object"}),
-        *pages.routes(),
+        *pages.routes(core),
     ]
     router = Router(routes)
     spec = openapi.document(router)

@@ -90,7 +90,7 @@ class ApiResource(Resource):
         try:
             return route.template, await self._dispatch(route, params, request)
         except ApiError as exc:
-            return route.template, _error(exc)
+            return route.template, route.error_page(exc) if route.error_page else _error(exc)
         except DomainError as exc:
             return route.template, _error(from_domain(exc))
         except Exception:
@@ -198,6 +198,8 @@ class ApiResource(Resource):
         request.setHeader("cache-control", "no-store")
         for name, value in reply.headers.items():
             request.setHeader(name, value)
+        for cookie in reply.cookies:
+            request.responseHeaders.addRawHeader(b"set-cookie", cookie.encode())
         if reply.body is None:
             payload = b""
         elif isinstance(reply.body, bytes):

@@ -12,6 +12,7 @@ from twisted.web.iweb import IRequest
 
 from ..core.merchants import MerchantAuth
 from .bodies import BodySchema
+from .errors import ApiError
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Reply:
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = "application/json; charset=utf-8"
+    cookies: tuple[str, ...] = ()  # Set-Cookie values (the pages' cookies)
 
 
 Handler = Callable[[Call], Awaitable[Reply]]
@@ -49,6 +51,8 @@ class Route:
     body: BodySchema | None = None
     limited: str = ""  # "public" | "identifier" | "": which API rate limit applies besides auth's
     suspendable: bool = False  # answers 503 while the service is suspended
+    # The pages answer the API's own refusals (429 from `limited`) as a page, not as JSON.
+    error_page: Callable[[ApiError], Reply] | None = None
 
     @property
     def pattern(self) -> re.Pattern[str]:
