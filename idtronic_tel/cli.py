@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__
+from . import __version__, endpoints
 from .config import ConfigError, load_config, prepare_data_dir, resolve_config_path, resolve_data_dir
 from .config_schema import Config
 
@@ -123,14 +123,13 @@ def _status(config: Config, do: Callable[..., Any]) -> dict[str, Any]:
 
 def _daemon_links(config: Config) -> Any:
     """Ask the running daemon (its /healthz) for the state of its links."""
-    parts = dict(p.split("=", 1) for p in config.http.listen.split(":")[2:] if "=" in p)
-    fields = config.http.listen.split(":")
-    if fields[0] not in ("tcp", "tcp6") or len(fields) < 2:
+    listen = endpoints.server(config.http.listen)
+    if listen.kind not in ("tcp", "tcp6") or listen.port is None:
         return "unknown: the daemon listens on a non-TCP endpoint"
-    host = parts.get("interface", "127.0.0.1")
-    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    host = "127.0.0.1" if listen.host in ("0.0.0.0", "::", "") else listen.host
+    host = f"[{host}]" if ":" in host else host
     try:
-        with urllib.request.urlopen(f"http://{host}:{fields[1]}/healthz", timeout=3) as answer:
+        with urllib.request.urlopen(f"http://{host}:{listen.port}/healthz", timeout=3) as answer:
             return json.load(answer)["links"]
     except Exception as exc:
         return f"unknown: daemon not reachable ({type(exc).__name__})"

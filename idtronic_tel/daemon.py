@@ -1,22 +1,22 @@
 """Assembles the daemon: core (DB pool, housekeeping), HTTP API, FastAGI server, AMI dialer, SMPP
-binds, and in demo mode the built-in SMSC simulator and Asterisk emulator. The only module that
-knows every part; the parts only meet through the core."""
+binds. The only module that knows every part; the parts only meet through the core. (Demo mode adds
+the simulated peers around it: demo.py.)"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import socket
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 
+from . import endpoints
 from .api.app import build_router
 from .api.front import Front
 from .api.metrics import MetricsResource
@@ -158,7 +158,7 @@ def build(
 
 
 def _scheme(endpoint: str) -> str:
-    return "https" if endpoint.startswith("ssl:") else "http"
+    return "https" if endpoints.server(endpoint).tls else "http"
 
 
 def _housekeeping(core: Core) -> None:
@@ -192,27 +192,15 @@ class DaemonService(MultiService):
         return d.addBoth(stop_pool)
 
 
-def make_service(config: Config, reactor: Any = None, out: IO[str] | None = None) -> DaemonService:
-    """The daemon as one service (for twistd and `idtronic-tel run`); a fatal problem stops the reactor.
-    `out`: where the demo prints (stdout by default)."""
+def make_service(config: Config, reactor: Any = None) -> DaemonService:
+    """The daemon as one service (for twistd and `idtronic-tel run`; `demo.make_service` wraps it with
+    simulated peers); a fatal problem stops the reactor."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    if config.demo.enabled:
-        from .demo import with_demo_peers
-
-        config, peers = with_demo_peers(config, reactor, out or sys.stdout)
-    else:
-        peers = None
     daemon = build(config, reactor, on_fatal=lambda reason: reactor.callWhenRunning(reactor.stop))
     root = DaemonService(daemon)
-    if peers is not None:
-        peers.service.setServiceParent(root)
     for child in list(daemon.service):
         child.setServiceParent(root)
-    if peers is not None:
-        from .demo import DemoScenario
-
-        DemoScenario(daemon, peers, reactor).setServiceParent(root)
     return root

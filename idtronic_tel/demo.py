@@ -17,7 +17,7 @@ import socket
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, Any, cast
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
@@ -25,16 +25,16 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from . import endpoints
 from .config_schema import Config, SmppBindConfig
 from .core.cards import luhn_check_digit
 from .core.crypto import random_digits
+from .daemon import Daemon, DaemonService
+from .daemon import make_service as make_daemon_service
 from .simulators import smsc
 from .simulators.asterisk_agi import first_run_handset
 from .simulators.asterisk_ami import makeService as make_asterisk_emulator
 from .simulators.handset import HandsetDirectory
-
-if TYPE_CHECKING:
-    from .daemon import Daemon
 
 log = Logger()
 
@@ -63,14 +63,14 @@ def _free_port() -> int:
 
 def _port_of(listen: str, key: str, free_if_zero: bool = False) -> int:
     """The TCP port of a loopback server endpoint string; 0 picks a free one when allowed."""
-    fields = listen.split(":")
-    if fields[0] not in ("tcp", "tcp6") or len(fields) < 2 or not fields[1].isdigit():
+    parsed = endpoints.server(listen)
+    if parsed.kind not in ("tcp", "tcp6") or parsed.port is None:
         raise ValueError(f"demo mode needs {key} on TCP, not {listen!r}")
-    if fields[1] == "0":
+    if parsed.port == 0:
         if not free_if_zero:
             raise ValueError(f"demo mode needs {key} on a fixed TCP port, not {listen!r}")
         return _free_port()
-    return int(fields[1])
+    return parsed.port
 
 
 @dataclass
@@ -99,12 +99,8 @@ def save_merchant(path: Path, merchant: dict[str, str]) -> None:
         file.write("\n")
 
 
-def with_demo_peers(config: Config, reactor: Any, out: IO[str] = sys.stdout) -> tuple[Config, DemoPeers]:
+def with_demo_peers(config: Config, reactor: Any, out: IO[str]) -> tuple[Config, DemoPeers]:
     """The configuration pointed at simulated peers, and the peers as services."""
-    if reactor is None:
-        from twisted.internet import reactor as default_reactor
-
-        reactor = default_reactor
     smsc_port = _port_of(config.demo.smsc_listen, "demo.smsc_listen", free_if_zero=True)
     ami_port = _port_of(config.demo.ami_listen, "demo.ami_listen", free_if_zero=True)
     agi_port = _port_of(config.agi.listen, "agi.listen")
@@ -154,6 +150,29 @@ def with_demo_peers(config: Config, reactor: Any, out: IO[str] = sys.stdout) -> 
     merchant_file = config.data_dir / MERCHANT_FILE
     simulator = cast(smsc.SmscService, sms).simulator
     return config, DemoPeers(peers, simulator, first8, merchant_file, read_saved_merchant(merchant_file), out)
+
+
+class DemoService(MultiService):
+    """The daemon with its peers simulated on loopback and the scripted first run: the peers start before
+    the daemon and stop after it."""
+
+    def __init__(self, daemon_service: DaemonService, peers: DemoPeers, reactor: Any) -> None:
+        super().__init__()
+        self.daemon = daemon_service.daemon
+        peers.service.setServiceParent(self)
+        daemon_service.setServiceParent(self)
+        DemoScenario(self.daemon, peers, reactor).setServiceParent(self)
+
+
+def make_service(config: Config, reactor: Any = None, out: IO[str] | None = None) -> DemoService:
+    """`daemon.make_service` pointed at simulated peers (`run --demo`); `out`: where the SMS and the closing
+    block are printed (stdout by default)."""
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    config, peers = with_demo_peers(config, reactor, out or sys.stdout)
+    return DemoService(make_daemon_service(config, reactor), peers, reactor)
 
 
 class DemoScenario(Service):

@@ -6,7 +6,7 @@ import gc
 import json
 import re
 import sys
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -23,6 +23,10 @@ from twisted.logger import (
 from zope.interface import implementer
 
 from .config_schema import Config
+
+if TYPE_CHECKING:
+    from .daemon import DaemonService
+    from .demo import DemoService
 
 
 @implementer(ILogObserver)
@@ -77,12 +81,22 @@ def start_logging(level: LogLevel = LogLevel.info, stream: IO[str] | None = None
     globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, predicates)], redirectStandardIO=False)
 
 
+def make_service(config: Config, reactor: Any = None) -> DaemonService | DemoService:
+    """The daemon's service; with `[demo] enabled`, wrapped with its simulated peers (the production
+    assembly, daemon.py, imports no simulator)."""
+    if config.demo.enabled:
+        from .demo import make_service as make_demo_service
+
+        return make_demo_service(config, reactor)
+    from .daemon import make_service as make_daemon_service
+
+    return make_daemon_service(config, reactor)
+
+
 def run(config: Config, demo: bool = False) -> int:
     from dataclasses import replace
 
     from twisted.internet import reactor
-
-    from .daemon import make_service
 
     if demo:
         config = replace(config, demo=replace(config.demo, enabled=True))

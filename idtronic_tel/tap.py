@@ -21,7 +21,7 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> IService:
-    from .daemon import make_service
+    from .runner import make_service
 
     environ = dict(os.environ)
     data_dir = resolve_data_dir(Path(options["data-dir"]) if options["data-dir"] else None, environ)

@@ -14,7 +14,6 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from idtronic_tel.ivr.ami_codec import AmiDecoder, Banner, Message
-from idtronic_tel.simulators.ami_channels import agi_request_url
 from idtronic_tel.simulators.ami_session import AmiServerProtocol
 from idtronic_tel.simulators.asterisk_ami import AmiEmulatorFactory
 from idtronic_tel.simulators.handset import Answer, Handset, HandsetDirectory
@@ -225,9 +224,3 @@ def test_agi_env_and_runner_called() -> None:
     assert list(env) == recorded_keys  # same variables, same order as Asterisk
     messages = parse(transport.value())
     assert [m.get("Cause") for m in messages if m.event == "Hangup"] == ["16", "16"]  # AGI done: hang up
-
-
-def test_agi_request_url_forms() -> None:
-    assert agi_request_url("tcp:127.0.0.1:4573", "enroll") == "agi://127.0.0.1:4573/enroll"
-    assert agi_request_url("tcp:host=127.0.0.1:port=4573", "enroll").startswith("agi://")
-    assert agi_request_url("127.0.0.1:4573", "x") == "agi://127.0.0.1:4573/x"

@@ -19,8 +19,7 @@ from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
 from idtronic_tel.config_schema import AgiConfig, Config, DatabaseConfig, DemoConfig, HttpConfig
-from idtronic_tel.daemon import make_service
-from idtronic_tel.demo import DEMO_MERCHANT, MERCHANT_FILE, DemoScenario
+from idtronic_tel.demo import DEMO_MERCHANT, MERCHANT_FILE, DemoScenario, make_service
 
 
 async def run_demo(config: Config, out: io.StringIO) -> tuple[Any, dict[str, str]]:

@@ -42,8 +42,7 @@ from idtronic_tel.config_schema import (
 )
 from idtronic_tel.core.cards import luhn_check_digit
 from idtronic_tel.core.db import make_engine
-from idtronic_tel.daemon import make_service
-from idtronic_tel.demo import DemoScenario
+from idtronic_tel.demo import DemoScenario, make_service
 from idtronic_tel.simulators.agi_options import repo_sounds
 from idtronic_tel.simulators.asterisk_agi import first_run_handset
 from idtronic_tel.simulators.asterisk_ami import AmiEmulatorFactory

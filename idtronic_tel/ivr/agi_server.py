@@ -17,7 +17,6 @@ configured backlog is put into the endpoint string.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Mapping
 
 from twisted.application.internet import StreamServerEndpointService
@@ -27,6 +26,7 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from idtronic_tel import endpoints
 from idtronic_tel.config_schema import AgiConfig, CallbackConfig, VoiceFallbackConfig
 from idtronic_tel.core.ports import IvrGateway
 from idtronic_tel.ivr.agi_protocol import AgiError, AgiSession, Clock, PromptMissing, TurnaroundObserver
@@ -45,7 +45,6 @@ FlowClass = type[EnrollmentFlow] | type[VoiceTokenFlow]
 
 # Endpoint types whose Twisted parser takes a `backlog` argument.
 _BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix"})
-_BACKLOG_ARG = re.compile(r"(?<!\\):backlog=([^:]*)")
 
 
 def with_backlog(listen: str, backlog: int) -> str:
@@ -55,15 +54,17 @@ def with_backlog(listen: str, backlog: int) -> str:
     """
     if backlog < 1:
         raise ValueError("agi.backlog must be at least 1")
-    kind = listen.split(":", 1)[0].lower()
-    if kind not in _BACKLOG_TYPES:
-        raise ValueError(f"agi.listen endpoint type {kind!r} takes no backlog (use tcp, tcp6, ssl or unix)")
-    found = _BACKLOG_ARG.search(listen)
+    parsed = endpoints.server(listen)
+    if parsed.kind not in _BACKLOG_TYPES:
+        raise ValueError(
+            f"agi.listen endpoint type {parsed.kind!r} takes no backlog (use tcp, tcp6, ssl or unix)"
+        )
+    found = parsed.options.get("backlog")
     if found is not None:
-        if found[1] != str(backlog):
-            raise ValueError(f"agi.listen says backlog={found[1]} but agi.backlog is {backlog}")
+        if found != str(backlog):
+            raise ValueError(f"agi.listen says backlog={found} but agi.backlog is {backlog}")
         return listen
-    return f"{listen}:backlog={backlog}"
+    return endpoints.with_option(listen, "backlog", str(backlog))
 
 
 class AgiServerFactory(Factory):

@@ -12,9 +12,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IAddress, IReactorTime, IStreamClientEndpoint
@@ -28,6 +27,7 @@ from idtronic_tel.ivr.ami_codec import Message
 from idtronic_tel.ivr.ami_protocol import AmiProtocol
 from idtronic_tel.ivr.ami_states import SessionState
 from idtronic_tel.logsafe import loggable
+from idtronic_tel.reconnect import client_service
 
 EventCallback = Callable[[Message], None]
 
@@ -49,10 +49,6 @@ class _ProtocolFactory(Factory):
 
     def buildProtocol(self, addr: IAddress | None) -> AmiProtocol:
         return self.client._build_protocol()
-
-
-def _ignore_lost(reason: object) -> None:
-    pass
 
 
 class AmiClient(Service):
@@ -89,12 +85,8 @@ class AmiClient(Service):
         policy = retry_policy or backoffPolicy(
             initialDelay=1.0, maxDelay=config.reconnect_max_delay, factor=1.5
         )
-        self._service = ClientService(
-            endpoint,
-            _ProtocolFactory(self),
-            retryPolicy=policy,
-            clock=clock,
-            prepareConnection=self._prepare,
+        self._service = client_service(
+            endpoint, _ProtocolFactory(self), AmiProtocol, self._prepare, policy, clock
         )
 
     # -- service -----------------------------------------------------------------------------------------
@@ -126,17 +118,7 @@ class AmiClient(Service):
             on_state=self._on_state,
         )
 
-    async def _prepare(self, proxy: Any) -> None:
-        # ClientService hands us a proxy around our protocol; unwrap it for typed access.
-        proto = getattr(proxy, "_protocol", proxy)
-        assert isinstance(proto, AmiProtocol)
-        # Workaround (Twisted 26.10): ClientService has no transition for "connection lost" while
-        # prepareConnection runs or after it failed (NoTransition is raised from connectionLost). Asterisk
-        # closes the socket after refusing a login, so silence the proxy's notification until the login
-        # succeeded; a failed prepareConnection already counts as a failed attempt.
-        notify = getattr(proxy, "_lostNotification", None)
-        if notify is not None:
-            proxy._lostNotification = _ignore_lost
+    async def _prepare(self, proto: AmiProtocol) -> None:
         self.login_attempts += 1
         try:
             await proto.login(
@@ -164,8 +146,6 @@ class AmiClient(Service):
             )
             proto.abort()
             raise
-        if notify is not None:
-            proxy._lostNotification = notify
         self.logins += 1
         self.login_attempts = 0
         self._current = proto

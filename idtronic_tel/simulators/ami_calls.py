@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from idtronic_tel import endpoints
 from idtronic_tel.ivr.ami_codec import Message
 from idtronic_tel.simulators.ami_channels import (
     CAUSE_TEXT,
@@ -28,7 +29,6 @@ from idtronic_tel.simulators.ami_channels import (
     AgiRunner,
     Call,
     Channel,
-    agi_request_url,
     parse_caller_id,
     parse_variables,
 )
@@ -228,14 +228,12 @@ class CallEngine(ABC):
         assert call.one is not None
         assert self.agi_endpoint is not None
         script = self.script_for(call)
-        host, _, port = (
-            agi_request_url(self.agi_endpoint, script)[len("agi://") :].partition("/")[0].rpartition(":")
-        )
+        server = endpoints.client(self.agi_endpoint)  # the agi://host:port/ of the dialplan
         env = default_env(
             script,
             (call.variables.get("IDTRONIC_CALLBACK", ""),),
-            host=host,
-            port=int(port),
+            host=server.host,
+            port=server.port or 4573,
             language=self.language,
             channel=call.one.name,
             uniqueid=call.one.uniqueid,

@@ -50,17 +50,6 @@ def parse_variables(values: list[str]) -> dict[str, str]:
     return out
 
 
-def agi_request_url(agi_endpoint: str, script: str) -> str:
-    """`tcp:127.0.0.1:4573` (or `127.0.0.1:4573`, or an agi:// URL) -> agi://127.0.0.1:4573/<script>."""
-    if agi_endpoint.startswith("agi://"):
-        return agi_endpoint
-    parts = [p for p in agi_endpoint.split(":") if "=" not in p]
-    if parts and parts[0] in ("tcp", "tcp4", "tcp6"):
-        parts = parts[1:]
-    hostport = ":".join(parts[-2:]) if len(parts) >= 2 else ":".join(parts)
-    return f"agi://{hostport}/{script}"
-
-
 @dataclass
 class Channel:
     name: str

@@ -15,14 +15,15 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
-from twisted.internet.interfaces import IProtocol, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..config_schema import SmppBindConfig, SmppConfig
+from ..reconnect import client_service
 from . import codec
 from .errors import BindRefused, NotBound
 from .protocol import DeliverHandler, SessionSettings, SmppClientFactory, SmppClientProtocol
@@ -70,8 +71,8 @@ class _Connection:
             owner.on_deliver if mode != "transmitter" else None,
             self.label,
         )
-        self.service = ClientService(
-            endpoint, factory, retryPolicy=self._retry_delay, clock=owner.clock, prepareConnection=self._bind
+        self.service = client_service(
+            endpoint, factory, SmppClientProtocol, self._bind, self._retry_delay, owner.clock
         )
         self.service.setName(self.label)
 
@@ -80,10 +81,7 @@ class _Connection:
             return self.owner.smpp.bind_refused_retry
         return float(self._backoff(attempt))
 
-    def _bind(self, proxy: IProtocol) -> Deferred[None]:
-        # ClientService hands us its proxy around the protocol our factory built.
-        protocol = getattr(proxy, "_protocol", proxy)
-        assert isinstance(protocol, SmppClientProtocol)
+    def _bind(self, protocol: SmppClientProtocol) -> Deferred[None]:
         bound = protocol.bind(self.mode)
 
         def up(smsc: str) -> None:
@@ -114,10 +112,6 @@ class _Connection:
                 self.refused_status = status
             else:
                 self.owner.log.warn("SMPP {label}: bind failed: {why}", label=self.label, why=failure.value)
-            # ClientService does not close a connection whose prepareConnection failed, and raises
-            # NoTransition when told later that it closed: detach that notice; the protocol closes it.
-            if proxy is not protocol:
-                proxy._lostNotification = lambda reason: None  # type: ignore[attr-defined]
             return failure
 
         return bound.addCallbacks(up, failed)
