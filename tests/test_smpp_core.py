@@ -483,6 +483,7 @@ def test_decode_gives_what_smpplib_parse_pdu_gives() -> None:
     from smpplib import smpp as smpplib_smpp
 
     from idtronic_tel.smpp import codec
+    from idtronic_tel.smpp.commands import NO_SEQUENCE
     from tests.test_smpp_receipts import NODE_RECEIPT
 
     raws = [
@@ -494,7 +495,7 @@ def test_decode_gives_what_smpplib_parse_pdu_gives() -> None:
     for raw in raws:
         pdu = codec.decode(raw)
         assert isinstance(pdu, codec.Pdu)
-        reference = smpplib_smpp.parse_pdu(raw, client=codec._NO_SEQUENCE, allow_unknown_opt_params=True)
+        reference = smpplib_smpp.parse_pdu(raw, client=NO_SEQUENCE, allow_unknown_opt_params=True)
         ours = {k: v for k, v in vars(pdu.body).items() if k != "mandatory_fields"}
         assert ours == vars(reference)
     assert codec.decode(NODE_RECEIPT).body is not codec.decode(NODE_RECEIPT).body
