@@ -21,6 +21,7 @@ from .api.app import build_router
 from .api.front import Front
 from .api.metrics import MetricsResource
 from .api.resource import ApiResource
+from .api.routing import Route
 from .config_schema import Config
 from .core.crypto import Vault
 from .core.db import DBPool, check_schema, is_empty, make_engine, migrate
@@ -35,6 +36,7 @@ from .smpp.service import SmppService, makeSmppService
 log = Logger()
 
 HOUSEKEEPING_SECONDS = 15.0
+MoreRoutes = Callable[["Daemon"], list[Route]]  # routes served besides the API and pages (the demo's)
 
 
 def worker_name(config: Config) -> str:
@@ -83,10 +85,14 @@ class Daemon:
 
 
 def build(
-    config: Config, reactor: Any = None, check: bool = True, on_fatal: Callable[[str], None] | None = None
+    config: Config,
+    reactor: Any = None,
+    check: bool = True,
+    on_fatal: Callable[[str], None] | None = None,
+    more_routes: MoreRoutes | None = None,
 ) -> Daemon:
     """Every service of the daemon, not started. A new SQLite database gets the schema; any other that
-    is not at the newest revision raises SchemaOutOfDate."""
+    is not at the newest revision raises SchemaOutOfDate. `more_routes`: the demo's pages."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
@@ -135,7 +141,8 @@ def build(
     daemon.listeners["fastagi"] = Listener(
         "fastagi", "FastAGI", "agi", agi_endpoint(reactor, config.agi), agi, daemon.fatal
     )
-    router = build_router(core, daemon.links, daemon.listener_states)
+    more = more_routes(daemon) if more_routes is not None else []
+    router = build_router(core, daemon.links, daemon.listener_states, more)
     site = Front(ApiResource(core, router, config.http, config.api), config.http, reactor)
     http = serverFromString(reactor, config.http.listen)
     daemon.listeners["http"] = Listener(
@@ -192,14 +199,19 @@ class DaemonService(MultiService):
         return d.addBoth(stop_pool)
 
 
-def make_service(config: Config, reactor: Any = None) -> DaemonService:
+def make_service(config: Config, reactor: Any = None, more_routes: MoreRoutes | None = None) -> DaemonService:
     """The daemon as one service (for twistd and `idtronic-tel run`; `demo.make_service` wraps it with
-    simulated peers); a fatal problem stops the reactor."""
+    simulated peers and its pages); a fatal problem stops the reactor."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    daemon = build(config, reactor, on_fatal=lambda reason: reactor.callWhenRunning(reactor.stop))
+    daemon = build(
+        config,
+        reactor,
+        on_fatal=lambda reason: reactor.callWhenRunning(reactor.stop),
+        more_routes=more_routes,
+    )
     root = DaemonService(daemon)
     for child in list(daemon.service):
         child.setServiceParent(root)

@@ -15,7 +15,7 @@ import os
 import re
 import socket
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -25,7 +25,8 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from . import endpoints
+from . import demo_pages, endpoints
+from .api.routing import Route
 from .config_schema import Config, SmppBindConfig
 from .core.cards import luhn_check_digit
 from .core.crypto import random_digits
@@ -34,7 +35,7 @@ from .daemon import make_service as make_daemon_service
 from .simulators import smsc
 from .simulators.asterisk_agi import first_run_handset
 from .simulators.asterisk_ami import makeService as make_asterisk_emulator
-from .simulators.handset import HandsetDirectory
+from .simulators.phones import PhoneBoard
 
 log = Logger()
 
@@ -77,10 +78,12 @@ def _port_of(listen: str, key: str, free_if_zero: bool = False) -> int:
 class DemoPeers:
     service: MultiService
     smsc: smsc.SmscSimulator
+    phones: PhoneBoard
     card_first8: str
     merchant_file: Path
     saved_merchant: dict[str, str]  # what merchant_file held at start ({} if nothing usable)
     out: IO[str]  # where the SMS and the closing block are printed
+    merchant: dict[str, str] = field(default_factory=dict)  # the shop's id and key, once registered
 
 
 def read_saved_merchant(path: Path) -> dict[str, str]:
@@ -138,7 +141,10 @@ def with_demo_peers(config: Config, reactor: Any, out: IO[str]) -> tuple[Config,
     )
     sms.setServiceParent(peers)
     first8, last8 = demo_card(config)
-    handsets = HandsetDirectory(default=first_run_handset(last8))
+    simulator = cast(smsc.SmscService, sms).simulator
+    # The demo cardholder's phone answers on its own; any other number rings on /demo/phone.
+    handsets = PhoneBoard(reactor, simulator)
+    handsets.add(DEMO_MOBILE, first_run_handset(last8))
     make_asterisk_emulator(
         f"tcp:{ami_port}:interface=127.0.0.1",
         "idtronic",
@@ -148,8 +154,8 @@ def with_demo_peers(config: Config, reactor: Any, out: IO[str]) -> tuple[Config,
         reactor=reactor,
     ).setServiceParent(peers)
     merchant_file = config.data_dir / MERCHANT_FILE
-    simulator = cast(smsc.SmscService, sms).simulator
-    return config, DemoPeers(peers, simulator, first8, merchant_file, read_saved_merchant(merchant_file), out)
+    saved = read_saved_merchant(merchant_file)
+    return config, DemoPeers(peers, simulator, handsets, first8, merchant_file, saved, out)
 
 
 class DemoService(MultiService):
@@ -172,7 +178,11 @@ def make_service(config: Config, reactor: Any = None, out: IO[str] | None = None
 
         reactor = default_reactor
     config, peers = with_demo_peers(config, reactor, out or sys.stdout)
-    return DemoService(make_daemon_service(config, reactor), peers, reactor)
+
+    def pages(daemon: Daemon) -> list[Route]:
+        return demo_pages.routes(daemon, peers.phones, lambda: peers.merchant.get("api_key"), reactor)
+
+    return DemoService(make_daemon_service(config, reactor, more_routes=pages), peers, reactor)
 
 
 class DemoScenario(Service):
@@ -202,6 +212,7 @@ class DemoScenario(Service):
         shop = await self._merchant()
         merchant = await core.authenticate_merchant(shop["api_key"])
         assert merchant is not None
+        self.peers.merchant.update(shop)  # the demo shop pays with this key
         enrolled = await core.enroll(
             {
                 "last_name": "Martin",

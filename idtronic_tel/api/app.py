@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -59,9 +59,9 @@ def _token(call: Call) -> str:
     return str(token)
 
 
-def build_router(core: Core, links: Links, listeners: Listeners = dict) -> Router:
+def build_router(core: Core, links: Links, listeners: Listeners = dict, more: Sequence[Route] = ()) -> Router:
     """The routes, bound to the core; `links` and `listeners` give the state of the daemon's links
-    (AMI, SMPP binds) and listeners (HTTP, FastAGI) for health and status."""
+    (AMI, SMPP binds) and listeners (HTTP, FastAGI) for health and status; `more`: the demo's pages."""
 
     # ---- merchant ------------------------------------------------------------------------------------
     async def create_payment(call: Call) -> Reply:
@@ -418,6 +418,7 @@ def build_router(core: Core, links: Links, listeners: Listeners = dict) -> Route
         ),
         Route("GET", "/v1/openapi.json", document, "none", "This document", {200: "object"}),
         *pages.routes(core),
+        *more,
     ]
     router = Router(routes)
     spec = openapi.document(router)

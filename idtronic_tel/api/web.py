@@ -203,8 +203,11 @@ class Kit:
         self.core = core
         self.nav = tuple(nav)
 
-    def route(self, method: str, path: str, handler: PageHandler, summary: str) -> Route:
-        """A page route. Posts count against the API's per-address limit, answered as a page."""
+    def route(
+        self, method: str, path: str, handler: PageHandler, summary: str, limited: str | None = None
+    ) -> Route:
+        """A page route. Posts count against the API's per-address limit (unless `limited` says
+        otherwise), answered as a page."""
 
         async def run(call: Call) -> Reply:
             visit = Visit(call, self)
@@ -223,7 +226,7 @@ class Kit:
             "public",
             summary,
             {200: "html"},
-            limited="public" if method == "POST" else "",
+            limited=("public" if method == "POST" else "") if limited is None else limited,
             error_page=self.error_page,
         )
 

@@ -91,6 +91,9 @@ class EmulatedAgiChannel(LineOnlyReceiver):
     # -- the handset -----------------------------------------------------------------------------------
 
     def start_handset(self) -> None:
+        if self.handset.live is not None:
+            self.handset.live.connected(self)  # a person keys and hangs up: no script
+            return
         self._script = Deferred.fromCoroutine(self._run_script())
         self._script.addErrback(lambda f: f.trap(CancelledError))
 
@@ -111,6 +114,23 @@ class EmulatedAgiChannel(LineOnlyReceiver):
                 return
         await self.sleep(self.options.hold_seconds)
         self._callee_hangup()
+
+    # -- a person at the handset (Keypad) -------------------------------------------------------------
+
+    @property
+    def listening(self) -> bool:
+        return not self.dead and self._waiter is not None and self._waiter.dtmf
+
+    def press(self, digit: str) -> None:
+        if not self.dead and not self.closed:
+            self._dtmf(digit)
+
+    def hang_up(self) -> None:
+        self._callee_hangup()
+
+    def playing(self, what: str) -> None:
+        if self.handset.live is not None:
+            self.handset.live.heard(what)
 
     def _dtmf(self, digit: str) -> None:
         self.keyed.append(digit)

@@ -88,6 +88,7 @@ class Line(Protocol):
     closed: bool
 
     def now(self) -> float: ...
+    def playing(self, what: str) -> None: ...
     def write(self, data: bytes) -> None: ...
     def reply(self, text: str) -> None: ...
     def sleep(self, seconds: float) -> Deferred[None]: ...
@@ -217,6 +218,7 @@ class AgiCommands:
             if samples is None:
                 self.ch.reply("result=0")  # Playback warns but the application itself succeeds
                 return
+            self.ch.playing(app_args.split(",")[0])
             await self.ch.wait(samples / SAMPLE_RATE, dtmf=False, interruptible=False)
             self.ch.reply("result=0")
         elif app in ("noop", "verbose", "log", "set"):
@@ -234,6 +236,7 @@ class AgiCommands:
             self.ch.reply("result=-1 endpos=0")
             return
         offset = min(int(args[2]) if len(args) == 3 and args[2].isdigit() else 0, length)
+        self.ch.playing(name)
         start = self.ch.now()
         while True:
             remaining = (length - offset) / SAMPLE_RATE - (self.ch.now() - start)
@@ -265,6 +268,8 @@ class AgiCommands:
         if prompt is None:
             self.ch.reply("result=-1")  # ast_streamfile failed: at once, the channel lives on
             return
+        if args[0]:
+            self.ch.playing(args[0])
         wake, digit = await self.ch.wait(prompt / SAMPLE_RATE, dtmf=True)
         if wake is Wake.TIMEOUT:  # the prompt played to its end: the digit timeout starts now
             wake, digit = await self.ch.wait(timeout, dtmf=True)
@@ -289,6 +294,7 @@ class AgiCommands:
         if len(args) != 2:
             raise BadArguments
         text, escape = args
+        self.ch.playing(f"digits:{text}")
         for _ in text:
             end = self.ch.now() + self.ch.options.say_digit_seconds
             while True:

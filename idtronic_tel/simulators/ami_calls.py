@@ -154,7 +154,11 @@ class CallEngine(ABC):
         h = call.handset
         ring = max(0.0, h.ring_seconds)
         timeout = timeout_ms / 1000.0
-        if h.answer is Answer.NO_ANSWER or (h.answer is Answer.ANSWER and ring >= timeout):
+        if h.live is not None:
+            self._ringing(call)
+            self._later(call, timeout, self._no_answer, call)
+            h.live.ringing(lambda: self._picked_up(call), lambda: self._declined(call))
+        elif h.answer is Answer.NO_ANSWER or (h.answer is Answer.ANSWER and ring >= timeout):
             self._ringing(call)
             self._later(call, timeout, self._no_answer, call)
         elif h.answer is Answer.ANSWER:
@@ -163,6 +167,16 @@ class CallEngine(ABC):
             self._later(call, ring, self._answer, call)
         else:
             self._later(call, min(ring, timeout), self._reject, call, h.answer)
+
+    def _picked_up(self, call: Call) -> None:
+        if call in self.calls and not call.answered:
+            _stop_timers(call)
+            self._answer(call)
+
+    def _declined(self, call: Call) -> None:
+        if call in self.calls and not call.answered:
+            _stop_timers(call)
+            self._reject(call, Answer.REJECT)
 
     def _later(self, call: Call, delay: float, fn: Callable[..., None], *args: Any) -> None:
         call.timers.append(self.clock.callLater(delay, fn, *args))
@@ -312,6 +326,8 @@ class CallEngine(ABC):
         if call in self.calls:
             self.calls.remove(call)
             self.processed_calls += 1
+            if call.handset.live is not None:
+                call.handset.live.ended()
         self._call_removed()
 
     def drop_calls(self) -> None:

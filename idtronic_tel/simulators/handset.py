@@ -3,13 +3,19 @@
 The script syntax is the one of the `callee-seq` context used to record the real Asterisk transcripts
 (docs/protocols/BENCH-DIALPLAN.md): `|`-separated steps, `w<seconds>` waits, `d<digits>` keys DTMF
 (250 ms between digits), `h` hangs up. Example: ``w1|d12345678#|w6|h``.
+
+A handset can also be held by a person (`LiveCall`, the demo's phone page): the call rings until they
+answer or decline, they read the prompts as they play and key digits on the channel's `Keypad`.
 """
 
 from __future__ import annotations
 
 import enum
 import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 class Answer(enum.StrEnum):
@@ -62,11 +68,46 @@ def parse_script(script: str) -> tuple[Step, ...]:
     return tuple(steps)
 
 
+class Keypad(Protocol):
+    """What a person holding an answered call can do: key digits, hang up; and whether digits are
+    heard right now (Asterisk drops a digit keyed while no command waits for one)."""
+
+    @property
+    def listening(self) -> bool: ...
+
+    def press(self, digit: str) -> None: ...
+
+    def hang_up(self) -> None: ...
+
+
+class LiveCall(ABC):
+    """One call to a phone held by a person. The emulator tells it what happens; it answers through the
+    callbacks it is given (`ringing`) and the channel's keypad (`connected`)."""
+
+    @abstractmethod
+    def ringing(self, answer: Callable[[], None], decline: Callable[[], None]) -> None:
+        """The phone rings: `answer()` picks up, `decline()` rejects; neither before the Originate
+        timeout is no answer."""
+
+    @abstractmethod
+    def connected(self, keypad: Keypad) -> None:
+        """The FastAGI session started: the call is live."""
+
+    @abstractmethod
+    def heard(self, what: str) -> None:
+        """A prompt (its sound name) or spoken digits (`digits:...`) started playing."""
+
+    @abstractmethod
+    def ended(self) -> None:
+        """The call is over, whoever hung up (or it was never answered)."""
+
+
 @dataclass(frozen=True)
 class Handset:
     answer: Answer = Answer.ANSWER
     script: tuple[Step, ...] = ()
     ring_seconds: float = 0.0  # time before answering (or before the failure for busy/congestion)
+    live: LiveCall | None = None  # held by a person: `script` and `ring_seconds` are not used
 
     @classmethod
     def scripted(cls, script: str, answer: Answer = Answer.ANSWER, ring_seconds: float = 0.0) -> Handset:
