@@ -49,9 +49,7 @@ _DEMO_SMPP_PASSWORD = "demo"  # SMPP 3.4 passwords are at most 8 characters
 def demo_card(config: Config) -> tuple[str, str]:
     """A fresh test card for each run (a card can be enrolled once): Visa prefix, valid Luhn. With
     demo.handset_last8 set, the handset keys those digits instead (to watch a wrong entry)."""
-    first8 = "4" + random_digits(7)
-    body = random_digits(7)
-    last8 = body + luhn_check_digit(first8 + body)
+    first8, last8 = fresh_card()
     return first8, config.demo.handset_last8 or last8
 
 
@@ -165,6 +163,7 @@ class DemoService(MultiService):
     def __init__(self, daemon_service: DaemonService, peers: DemoPeers, reactor: Any) -> None:
         super().__init__()
         self.daemon = daemon_service.daemon
+        self.peers = peers
         peers.service.setServiceParent(self)
         daemon_service.setServiceParent(self)
         DemoScenario(self.daemon, peers, reactor).setServiceParent(self)
@@ -251,7 +250,7 @@ class DemoScenario(Service):
             status=confirmed["status"],
             sms=view["sms"],
         )
-        self.peers.out.write(try_it(self.daemon.listeners["http"].url, shop, identifier))
+        self.peers.out.write(try_it(self.daemon.listeners["http"].url, shop, identifier, fresh_card()))
         self.peers.out.flush()
         return {
             "identifier": identifier,
@@ -314,16 +313,28 @@ class DemoScenario(Service):
         raise RuntimeError("demo: no token SMS reached the SMSC simulator")
 
 
-def try_it(base: str, merchant: dict[str, str], identifier: str) -> str:
-    """What to do by hand now, with the values of this run: the pages, the merchant's key, the
-    cardholder, and two curl commands ready to paste (create a payment, confirm it)."""
+def fresh_card() -> tuple[str, str]:
+    """A fresh test card for a newcomer's own enrollment on the pages: (first 8, last 8)."""
+    first8 = "4" + random_digits(7)
+    body = random_digits(7)
+    return first8, body + luhn_check_digit(first8 + body)
+
+
+def try_it(base: str, merchant: dict[str, str], identifier: str, card: tuple[str, str]) -> str:
+    """What to do by hand now, with the values of this run: the pages first (the shop, the phone, the
+    enrollment with a test card), then the merchant's key, the cardholder, and two curl commands ready
+    to paste (create a payment, confirm it)."""
     auth = f"-H 'Authorization: Bearer {merchant['api_key']}' -H 'Content-Type: application/json'"
     payment = json.dumps({"identifier": identifier, "amount": 1250, "currency": "EUR", "reference": "try-1"})
     rule = "-" * 100
     return f"""
 {rule}
-Try it yourself: the daemon keeps running on {base} (Ctrl-C stops it).
-  Pages               {base}/ (enrollment)   {base}/profile (personal section)
+Try it yourself: the daemon keeps running on {base} (Ctrl-C stops it). In a browser:
+  Shop                {base}/demo/shop (pay with id-tronic: identification number, then the code by SMS)
+  Phone               {base}/demo/phone (the calls and SMS of every mobile number: answer, key, read codes)
+  Enrollment          {base}/ (any mobile number, e.g. 06 12 34 56 78: it rings on the phone page; this
+                      test card: first 8 digits {card[0]} on the form, last 8 digits {card[1]} on the phone)
+  Personal section    {base}/profile
   Demo merchant       {DEMO_MERCHANT} ({merchant["id"]}), API key {merchant["api_key"]}
   Demo cardholder     identification number {identifier}, mobile {DEMO_MOBILE}
   SMS                 every SMS the daemon sends is printed here, as a line "SMS <id> to {DEMO_MOBILE}: ..."

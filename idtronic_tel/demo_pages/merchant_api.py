@@ -10,7 +10,10 @@ from io import BytesIO
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 TIMEOUT_SECONDS = 10.0
@@ -52,7 +55,7 @@ class MerchantApi:
         timer = self.reactor.callLater(TIMEOUT_SECONDS, d.cancel)
         try:
             response = await d
-            raw = await readBody(response)
+            raw = await _body(response)
         finally:
             if timer.active():
                 timer.cancel()
@@ -66,3 +69,26 @@ class MerchantApi:
             parsed if isinstance(parsed, dict) else {},
             int(retry[0]) if retry[0].isdigit() else None,
         )
+
+
+class _Collect(Protocol):
+    """A response body (readBody warns about the client's transport proxy)."""
+
+    def __init__(self, done: Deferred[bytes]) -> None:
+        self.done = done
+        self.parts: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self.parts))
+        else:
+            self.done.errback(reason)
+
+
+def _body(response: Any) -> Deferred[bytes]:
+    done: Deferred[bytes] = Deferred()
+    response.deliverBody(_Collect(done))
+    return done

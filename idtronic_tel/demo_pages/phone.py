@@ -66,8 +66,15 @@ def routes(kit: Kit, board: PhoneBoard) -> list[Route]:
 
         return handler
 
+    async def watch(visit: Visit) -> Reply:
+        key = number_key(visit.form().get("numero", ""))
+        if len(key) != 9:
+            return _page(visit, board, chosen(visit), texts, "Un numéro de mobile à 10 chiffres.", 422)
+        return visit.redirect(f"/demo/phone?numero={key}")
+
     return [
         kit.route("GET", "/demo/phone", show, "demo page: handset simulator"),
+        kit.route("POST", "/demo/phone/watch", watch, "demo: show a number's phone", limited=""),
         Route("GET", "/demo/phone/state", state, "public", "demo: the phone's state", {200: "object"}),
         *(
             kit.route("POST", f"/demo/phone/{action}", act(action), f"demo: {action}", limited="")
@@ -141,17 +148,20 @@ def _page(
         class_="numbers",
         aria_label="Numéros",
     )
-    watch = tag(
-        "form",
-        tag("label", "Afficher le téléphone du numéro", for_="watch-numero"),
+    watch = visit.form_tag(
+        "/demo/phone/watch",
         tag(
             "div",
-            tag("input", id="watch-numero", name="numero", type="tel", autocomplete="tel", maxlength="30"),
+            tag(
+                "div",
+                tag("label", "Afficher le téléphone du numéro", for_="watch-numero"),
+                tag(
+                    "input", id="watch-numero", name="numero", type="tel", autocomplete="tel", maxlength="30"
+                ),
+            ),
             tag("button", "Afficher", type="submit", class_="secondary"),
             class_="row",
         ),
-        method="get",
-        action="/demo/phone",
         id="watch-form",
     )
     state = _state(board, key, texts)

@@ -148,6 +148,8 @@ class PhoneBoard(HandsetDirectory):
     def take(self, number: str) -> Handset:
         key = self._key(number)
         if key in self._by_number:
+            self._last_seen[key] = self.clock.seconds()
+            self.changed()
             return super().take(number)
         call = PhoneCall(self, f"c{next(self._ids)}", key, self.clock.seconds())
         self.calls.append(call)
