@@ -37,7 +37,7 @@ async def demo(sqlite_url: str, tmp_path: Path) -> AsyncIterator[DemoService]:
         test_config(),
         data_dir=tmp_path,
         database=DatabaseConfig(url=sqlite_url),
-        http=HttpConfig(listen=f"tcp:{free_port()}:interface=127.0.0.1"),
+        http=HttpConfig(listen=f"tcp:{free_port()}:interface=127.0.0.1", metrics_listen=""),
         agi=AgiConfig(listen=f"tcp:{free_port()}:interface=127.0.0.1"),
         demo=DemoConfig(enabled=True),
     )
