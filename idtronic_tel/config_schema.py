@@ -218,6 +218,14 @@ class SmppConfig:
     registered_delivery: bool = setting(True)
     # How often a daemon looks for messages queued by other daemons.
     poll_interval: float = setting(0.5, seconds(0.05, 60))
+    # This daemon's name in SMS claims and callback attempts (workers.py); empty: <host name>:<pid>.
+    worker: str = setting(
+        "",
+        matches(
+            r"((?!.*:\d+$)[A-Za-z0-9_.:@-]{1,100})?",
+            "empty, or 1 to 100 letters, digits, _ . : @ - not ending in :<digits> (the default's form)",
+        ),
+    )
 
 
 @dataclass(frozen=True)

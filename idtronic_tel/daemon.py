@@ -4,9 +4,6 @@ the simulated peers around it: demo.py.)"""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,23 +29,12 @@ from .ivr.ami_client import AmiClient
 from .ivr.dialer import CallbackDialer
 from .listener import Listener
 from .smpp.service import SmppService, makeSmppService
+from .workers import gone_from_this_host, worker_name
 
 log = Logger()
 
 HOUSEKEEPING_SECONDS = 15.0
 MoreRoutes = Callable[["Daemon"], list[Route]]  # routes served besides the API and pages (the demo's)
-
-
-def worker_name(config: Config) -> str:
-    """Names this daemon in the database's work claims. Several daemons may share one PostgreSQL; the
-    name must also stay the same across restarts, so that a restarted daemon finds what it left on the
-    wire (SMS in SENDING, originated calls). Host name plus HTTP port is both: two daemons cannot share
-    a port on one host."""
-    fields = config.http.listen.split(":")
-    if fields[0] in ("tcp", "tcp6", "ssl") and len(fields) > 1 and fields[1].isdigit() and fields[1] != "0":
-        return f"{socket.gethostname()}:{fields[1]}"
-    digest = hashlib.sha256(str(config.data_dir).encode()).hexdigest()[:8]
-    return f"{socket.gethostname()}:{digest}:{os.getpid() if fields[1:2] == ['0'] else ''}"
 
 
 @dataclass
@@ -116,18 +102,18 @@ def build(
     rules = Rules(config, Vault(config.keys.data_key, config.keys.hmac_key))
     core = Core(reactor, pool, rules)
     top = MultiService()
-    worker = worker_name(config)
+    worker = worker_name(config.smpp.worker)
 
     smpp = None
     if config.smpp.binds:
-        smpp = makeSmppService(config.smpp, CoreSmsOutbox(core), worker, reactor)
+        smpp = makeSmppService(config.smpp, CoreSmsOutbox(core, gone_from_this_host), worker, reactor)
         smpp.setServiceParent(top)
     ami = None
     if config.ami.secret:
         ami = AmiClient(clientFromString(reactor, config.ami.endpoint), config.ami, clock=reactor)
         ami.setServiceParent(top)
         dialer = CallbackDialer(
-            CoreCallbackQueue(core),
+            CoreCallbackQueue(core, gone_from_this_host),
             ami,
             config.ami,
             worker=worker,

@@ -252,8 +252,7 @@ class InProcess:
 
 
 class DaemonProcess:
-    """One `idtronic-tel run`, on a fixed loopback HTTP port: its worker name (host:port) stays the same
-    across restarts, as in production."""
+    """One `idtronic-tel run`, on a fixed loopback HTTP port; its worker name is the default, host:pid."""
 
     def __init__(self, tmp_path: Path, name: str, config_file: Path, data_dir: Path) -> None:
         self.name = name
@@ -288,6 +287,11 @@ class DaemonProcess:
                 stderr=subprocess.STDOUT,
                 cwd=self.cwd,
             )
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     @property
     def alive(self) -> bool:

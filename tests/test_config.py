@@ -150,6 +150,9 @@ BAD_VALUES = [
     ("tokens", "profile_template", '"open {minutes}"', "must contain {code}"),
     ("demo", "handset_last8", '"1234"', "8 digits"),
     ("agi", "language", '"French"', "language code"),
+    ("smpp", "worker", '"web1:8080"', "not ending in :<digits>"),
+    ("smpp", "worker", '"web 1"', "not ending in :<digits>"),
+    ("smpp", "worker", '"' + "w" * 101 + '"', "1 to 100"),
 ]
 
 
@@ -181,6 +184,8 @@ GOOD_VALUES = [
     ("ami", "auth", '"plain"'),
     ("tokens", "payment_template", '"{code}"'),
     ("tokens", "profile_template", '"{{x}} {code} {minutes}"'),
+    ("smpp", "worker", '"web1:a"'),
+    ("smpp", "worker", '"sms-1@dc2"'),
 ]
 
 

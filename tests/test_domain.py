@@ -189,6 +189,19 @@ def test_stale_attempt_resolved_after_deadline_then_retried(core, clock):  # typ
     core(callbacks.apply_outcome, job.attempt_id, CallOutcome.ANSWERED, "late event")  # ignored: ended
 
 
+def test_a_restarted_dialer_watches_what_dead_workers_left_unresolved(core, clock):  # type: ignore[no-untyped-def]
+    enroll(core)
+    enroll(core, card_first8="49761235", mobile="+33611223355")
+    clock.advance(11)
+    dead, alive = core(callbacks.claim_due, "host:101", 1)[0], core(callbacks.claim_due, "host:102", 1)[0]
+    gone = {"host:101"}.__contains__
+    assert core(callbacks.unresolved, "host:200") == []
+    assert [j.attempt_id for j in core(callbacks.unresolved, "host:200", gone)] == [dead.attempt_id]
+    mine = {j.attempt_id for j in core(callbacks.unresolved, "host:102", gone)}
+    assert mine == {dead.attempt_id, alive.attempt_id}
+    assert core(callbacks.unresolved, "host:200", {"host:103"}.__contains__) == []  # live ones stay theirs
+
+
 def test_same_card_cannot_be_enrolled_twice(core, clock):  # type: ignore[no-untyped-def]
     active_cardholder(core, clock)
     second = enroll(core)
@@ -376,6 +389,25 @@ def test_crash_recovery_sends_again_while_valid_and_drops_the_expired(core, cloc
     clock.advance(300)  # the token expires while w2's claim is left on the wire
     assert core(outbox.recover, "w2") == Recovered(expired=1)
     assert core(payments.get, shop, created["id"])["sms"] == "expired"
+
+
+def test_a_restarted_daemon_takes_over_at_once_what_dead_workers_of_its_host_left(core, clock):  # type: ignore[no-untyped-def]
+    """Default worker names carry the pid (workers.py): a restarted daemon has a new name, and `recover`
+    takes over the claims of the names `gone` reports dead, not those of live workers."""
+    identifier = active_cardholder(core, clock)
+    shop = merchant(core)
+    for _ in range(3):
+        pay(core, shop, identifier)
+    [left] = core(outbox.claim, "host:101", 1, 40.0)  # its process died
+    [held] = core(outbox.claim, "host:102", 1, 40.0)  # alive
+    [own] = core(outbox.claim, "sms-1", 1, 40.0)  # a configured name: found by name
+    gone = {"host:101"}.__contains__
+    assert core(outbox.recover, "host:200", gone) == Recovered(resent=1)
+    assert [sms.sms_id for sms in core(outbox.claim, "host:200", 10, 40.0)] == [left.sms_id]
+    assert core(outbox.recover, "host:201", gone) == Recovered()  # nothing left: host:200 holds it now
+    assert core(outbox.recover, "sms-1", gone) == Recovered(resent=1)
+    assert [sms.sms_id for sms in core(outbox.claim, "sms-1", 10, 40.0)] == [own.sms_id]
+    assert held.sms_id not in {left.sms_id, own.sms_id}
 
 
 # ---- §3 personal section ------------------------------------------------------------------------------

@@ -98,9 +98,10 @@ async def test_kill_9_with_a_thousand_queued_then_restart_loses_nothing(
 ) -> None:
     """1,200 SMS queued; the daemon (`idtronic-tel run`, a real process) is killed with SIGKILL once the SMSC
     accepted 300, with a window of submits accepted but unanswered. While it is down, the tokens of the last
-    100 queued SMS and of 10 in flight run out. Restarted under the same name, it sends again what it
-    left in flight (those 10 excepted), then the rest: every unexpired SMS is delivered, no expired one is
-    sent after the kill, and only messages that were in flight reach the SMSC twice (one window at most)."""
+    100 queued SMS and of 10 in flight run out. Restarted (under a new default name, host:pid), it takes
+    over at once what its dead predecessor left in flight and sends it again (those 10 excepted), then the
+    rest: every unexpired SMS is delivered, no expired one is sent after the kill, and only messages that
+    were in flight reach the SMSC twice (one window at most)."""
     smsc = await started_smsc(accept_on_receipt=1, submit_delay=200)
     config_file = tmp_path / "idtronic.toml"
     write_config(config_file, sqlite_url, **smpp_sections(smsc.endpoint, window=WINDOW, max_tps=400))
@@ -311,9 +312,14 @@ async def test_two_daemons_drain_one_outbox_and_one_callback_queue_each_item_onc
     daemons = [DaemonProcess(tmp_path, f"daemon{i}", config_file, tmp_path / "data") for i in (1, 2)]
     outbox = Outbox(pg_url)
     try:
+        await outbox.run(callbacks_due_in_turn, requests, None)  # none due until both daemons dial
         for daemon in daemons:
             daemon.start()
         await wait_for(lambda: outbox.settled(frozenset({"delivered"})), "300 SMS delivered", 90)
+        await wait_for(lambda: asterisk.logins >= 2, "both daemons logged in to Asterisk")
+        # One after another, 0.1 s apart: a daemon claims what is due at its poll (every 0.2 s), so both
+        # get some (all due at once, whichever daemon polls first would claim them all in two rounds).
+        await outbox.run(callbacks_due_in_turn, requests, dt.datetime.now(dt.UTC))
         # Each request called once, busy, and waiting for its retry a minute later: no second call is due.
         await wait_for(
             lambda: outbox.run(callbacks_done, requests), "every callback placed and answered busy"
@@ -327,14 +333,15 @@ async def test_two_daemons_drain_one_outbox_and_one_callback_queue_each_item_onc
         await smsc.stop()
         await ami.stopListening()
     assert copies(smsc) == Counter({s.digits: 1 for s in seeded})
-    assert {r.claimed_by for r in rows.values()} == {f"{socket.gethostname()}:{d.port}" for d in daemons}
+    names = {f"{socket.gethostname()}:{d.pid}" for d in daemons}  # the default worker names
+    assert {r.claimed_by for r in rows.values()} == names
     attempts = [o.get_all("Variable") for o in asterisk.originates]
     assert len(attempts) == CALLBACKS
     assert (
         len({v for variables in attempts for v in variables if v.startswith("IDTRONIC_CALLBACK=")})
         == CALLBACKS
     )
-    assert claimers == {f"{socket.gethostname()}:{d.port}" for d in daemons}
+    assert claimers == names
 
 
 def enroll_many(url: str, config: Config, count: int) -> list[int]:
@@ -355,6 +362,14 @@ def enroll_many(url: str, config: Config, count: int) -> list[int]:
         return list(pool.run_blocking(lambda s: s.scalars(select(CallbackRequest.id)).all()))
     finally:
         pool.engine.dispose()
+
+
+def callbacks_due_in_turn(s: Any, requests: list[int], first: dt.datetime | None) -> None:
+    """The callbacks fall due 0.1 s apart from `first`; None: not for a day."""
+    start = first or dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    for i, request in enumerate(sorted(requests)):
+        when = start + dt.timedelta(seconds=0.1 * i)
+        s.execute(update(CallbackRequest).where(CallbackRequest.id == request).values(next_call_at=when))
 
 
 def callbacks_done(s: Any, requests: list[int]) -> bool:

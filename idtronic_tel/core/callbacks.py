@@ -4,6 +4,7 @@ the IVR asks for (ports.IvrGateway). docs/rules.md §1.5, §1.6, §3.2, §4."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -12,7 +13,7 @@ from . import audit, budget
 from .cards import luhn_valid
 from .crypto import DecryptionError, public_id
 from .models import CallbackAttempt, CallbackRequest, Cardholder, Challenge, Payment, SmsMessage
-from .ports import CallbackJob, CallKind, CallOutcome, DigitsVerdict, IvrCall, SmsState
+from .ports import CallbackJob, CallKind, CallOutcome, DigitsVerdict, IvrCall, SmsState, nobody
 from .rules import Rules
 from .states import (
     LIVE_ATTEMPTS,
@@ -97,14 +98,20 @@ def mark_originated(s: Session, rules: Rules, attempt_id: str, action_id: str) -
         found[0].state, found[0].action_id = AttemptState.ORIGINATED, action_id
 
 
-def unresolved(s: Session, rules: Rules, worker: str) -> list[CallbackJob]:
+def unresolved(
+    s: Session, rules: Rules, worker: str, gone: Callable[[str], bool] = nobody
+) -> list[CallbackJob]:
+    """Attempts placed by this worker's previous run, or by workers `gone` says are dead, and not
+    resolved yet."""
+    live = CallbackAttempt.state.in_((AttemptState.DIALING, AttemptState.ORIGINATED))
+    others = s.scalars(
+        select(CallbackAttempt.worker).where(live, CallbackAttempt.worker != worker).distinct()
+    )
+    names = [worker, *(name for name in others if gone(name))]
     rows = s.execute(
         select(CallbackAttempt, CallbackRequest)
         .join(CallbackRequest, CallbackRequest.id == CallbackAttempt.request_id)
-        .where(
-            CallbackAttempt.worker == worker,
-            CallbackAttempt.state.in_((AttemptState.DIALING, AttemptState.ORIGINATED)),
-        )
+        .where(CallbackAttempt.worker.in_(names), live)
     ).all()
     return [CallbackJob(a.id, CallKind(r.kind), r.mobile, a.attempt_no, a.deadline) for a, r in rows]
 

@@ -21,7 +21,16 @@ from .db import DBPool
 from .errors import PaymentRefused
 from .merchants import MerchantAuth
 from .models import CallbackRequest, Cardholder, Payment, SmsMessage
-from .ports import CallbackJob, CallOutcome, DigitsVerdict, IvrCall, OutgoingSms, Recovered, SmsState
+from .ports import (
+    CallbackJob,
+    CallOutcome,
+    DigitsVerdict,
+    IvrCall,
+    OutgoingSms,
+    Recovered,
+    SmsState,
+    nobody,
+)
 from .rules import Rules
 from .states import CallbackState, EndReason
 
@@ -265,10 +274,11 @@ def _counts(s: Session) -> dict[str, Any]:
 
 
 class CoreSmsOutbox:
-    """ports.SmsOutbox on top of the core."""
+    """ports.SmsOutbox on top of the core; `gone(name)` says which other workers are dead (recover)."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, gone: Callable[[str], bool] = nobody) -> None:
         self._core = core
+        self._gone = gone
 
     def claim(self, worker: str, limit: int, lease: float) -> Deferred[list[OutgoingSms]]:
         return self._core._run(outbox.claim, worker, limit, lease)
@@ -299,7 +309,7 @@ class CoreSmsOutbox:
         return self._core._run(outbox.finish, worker, sms_id, state, reason, resends, in_doubt)
 
     def recover(self, worker: str) -> Deferred[Recovered]:
-        return self._then_requeued(self._core._run(outbox.recover, worker))
+        return self._then_requeued(self._core._run(outbox.recover, worker, self._gone))
 
     def recover_stale(self, worker: str, held: list[int]) -> Deferred[Recovered]:
         return self._then_requeued(self._core._run(outbox.recover_stale, worker, held))
@@ -322,10 +332,12 @@ class CoreSmsOutbox:
 
 
 class CoreCallbackQueue:
-    """ports.CallbackQueue on top of the core."""
+    """ports.CallbackQueue on top of the core; `gone(name)` says which other workers are dead
+    (unresolved)."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, gone: Callable[[str], bool] = nobody) -> None:
         self._core = core
+        self._gone = gone
 
     def claim_due(self, worker: str, limit: int) -> Deferred[list[CallbackJob]]:
         return self._core._run(callbacks.claim_due, worker, limit)
@@ -337,7 +349,7 @@ class CoreCallbackQueue:
         return self._core._then_call(self._core._run(callbacks.apply_outcome, attempt_id, outcome, detail))
 
     def unresolved(self, worker: str) -> Deferred[list[CallbackJob]]:
-        return self._core._run(callbacks.unresolved, worker)
+        return self._core._run(callbacks.unresolved, worker, self._gone)
 
     def on_new_work(self, callback: Callable[[], None]) -> None:
         self._core.call_signal.subscribe(callback)

@@ -3,20 +3,21 @@
 Claims are leased (`lease_until`): the claiming worker renews the lease while it holds a message, and
 never writes a part unless its lease outlasts the response to it (smpp/worker.py). So a claim whose lease
 ran out belongs to a daemon that is gone, and its messages can be sent again without racing a live
-submit_sm_resp. A restarted daemon finds its own claims by its worker name at once.
+submit_sm_resp. A restarted daemon finds its own claims (by its worker name, or as those of a dead
+process of its host) at once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from . import audit, suspension
 from .models import Cardholder, SmsMessage, SmsPart
-from .ports import MAX_RESENDS, OutgoingSms, Recovered, SmsState
+from .ports import MAX_RESENDS, OutgoingSms, Recovered, SmsState, nobody
 from .rules import Rules
 
 FINAL = (SmsState.DELIVERED, SmsState.UNDELIVERABLE, SmsState.EXPIRED)
@@ -124,11 +125,18 @@ def finish(
         row.finished_at = rules.now()
 
 
-def recover(s: Session, rules: Rules, worker: str) -> Recovered:
-    """At start-up: what this worker's previous run left on the wire when it died."""
+def recover(s: Session, rules: Rules, worker: str, gone: Callable[[str], bool] = nobody) -> Recovered:
+    """At start-up: what this worker's previous run left on the wire when it died, and what the workers
+    `gone` says are dead left (a restarted daemon under a new name: workers.py)."""
+    others = s.scalars(
+        select(SmsMessage.claimed_by)
+        .where(SmsMessage.state == SmsState.SENDING, SmsMessage.claimed_by != worker)
+        .distinct()
+    )
+    names = [worker, *(name for name in others if name and gone(name))]
     rows = s.scalars(
         select(SmsMessage)
-        .where(SmsMessage.state == SmsState.SENDING, SmsMessage.claimed_by == worker)
+        .where(SmsMessage.state == SmsState.SENDING, SmsMessage.claimed_by.in_(names))
         .order_by(SmsMessage.id)
         .with_for_update()
     ).all()

@@ -19,6 +19,12 @@ from twisted.internet.defer import Deferred
 
 from .states import EndReason
 
+
+def nobody(worker: str) -> bool:
+    """No other worker is known to be dead (the default of the `gone` predicates: workers.py)."""
+    return False
+
+
 # ---------------------------------------------------------------------------------------------------------
 # SMS outbox (filled by the core in the same transaction as the payment / challenge; drained by smpp/)
 
@@ -96,7 +102,8 @@ class SmsOutbox(Protocol):
         The merchant's `resend` draws a fresh code if the cardholder says nothing came."""
 
     def recover(self, worker: str) -> Deferred[Recovered]:
-        """At start-up: what this worker's previous run left in SENDING (it crashed). Each is sent again
+        """At start-up: what this worker's previous run left in SENDING (it crashed), or a dead process of
+        this host under another name (workers.py). Each is sent again
         while its token is valid (same text, same code: a duplicate is harmless, a loss blocks the
         purchase), counted in `resends` and the audit log; an expired one is EXPIRED."""
 
@@ -155,7 +162,8 @@ class CallbackQueue(Protocol):
         ANSWERED only records the answer; the IVR's verdict comes through IvrGateway."""
 
     def unresolved(self, worker: str) -> Deferred[list[CallbackJob]]:
-        """Attempts this worker originated whose outcome is still unknown (after a restart or reconnect)."""
+        """Attempts this worker (or a dead process of this host, workers.py) originated whose outcome is
+        still unknown (after a restart or reconnect)."""
 
     def on_new_work(self, callback: Callable[[], None]) -> None:
         """Call `callback` on the reactor thread when this process queued a callback or resumed."""
