@@ -46,11 +46,11 @@ from sqlalchemy import select  # noqa: E402
 from idtronic_tel.config import load_config, prepare_data_dir  # noqa: E402
 from idtronic_tel.core import callbacks, enrollment, merchants  # noqa: E402
 from idtronic_tel.core.cards import luhn_check_digit  # noqa: E402
-from idtronic_tel.core.crypto import Vault  # noqa: E402
 from idtronic_tel.core.db import DBPool, make_engine, migrate  # noqa: E402
 from idtronic_tel.core.models import SmsMessage  # noqa: E402
 from idtronic_tel.core.rules import Rules  # noqa: E402
 from idtronic_tel.core.states import EndReason  # noqa: E402
+from idtronic_tel.daemon import core_rules  # noqa: E402
 
 DAEMON = Path(sys.executable).with_name("idtronic-tel")
 PG_ADMIN_URL = os.environ.get("IDT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -176,7 +176,7 @@ calling_hours = "00:00-24:00"
     config = load_config(config_file, data_dir, {})
     migrate(url)
     pool = DBPool(None, make_engine(url, pool_size=1), 1)  # type: ignore[arg-type]  # run_blocking only
-    rules = Rules(config, Vault(config.keys.data_key, config.keys.hmac_key))
+    rules = core_rules(config)
     identifiers: list[str] = []
     for start in range(0, cardholders, 100):
         identifiers += pool.run_blocking(_activate_batch, rules, range(start, min(start + 100, cardholders)))

@@ -1,7 +1,8 @@
 """`idtronic-tel`: the operator's command line (docs/operator.md).
 
-Administrative commands work directly on the database (the daemon need not run); `status` also asks
-the running daemon for its links. Exit status: 0 success, 2 usage or configuration error, 1 otherwise.
+Administrative commands go through the core's facade, on the database here and now (the daemon need not
+run); `status` also asks the running daemon for its links. Exit status: 0 success, 2 usage or
+configuration error, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -11,15 +12,22 @@ import json
 import os
 import sys
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from . import __version__, endpoints
 from .config import ConfigError, load_config, prepare_data_dir, resolve_config_path, resolve_data_dir
 from .config_schema import Config
 
+if TYPE_CHECKING:
+    from .core.facade import Core
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+T = TypeVar("T")
 
 
 class Usage(Exception):
@@ -93,31 +101,36 @@ def _config(args: argparse.Namespace, environ: dict[str, str]) -> Config:
     return load_config(path, data_dir, environ)
 
 
-def _blocking(config: Config) -> Callable[..., Any]:
-    """Run one domain function in a transaction, here and now (no reactor)."""
+def _core(config: Config) -> Core:
+    """The core's facade, its database work done here and now (no reactor runs)."""
     from twisted.internet import reactor
 
-    from .core.crypto import Vault
-    from .core.db import DBPool, check_schema, make_engine
-    from .core.rules import Rules
+    from .core.db import InlinePool, check_schema, make_engine
+    from .core.facade import Core
+    from .daemon import core_rules
 
     engine = make_engine(config.database.url, pool_size=1)
     check_schema(engine)
-    pool = DBPool(reactor, engine, 1)  # type: ignore[arg-type]
-    rules = Rules(config, Vault(config.keys.data_key, config.keys.hmac_key))
-    return lambda fn, *a: pool.run_blocking(fn, rules, *a)
+    return Core(reactor, InlinePool(reactor, engine, 1), core_rules(config))  # type: ignore[arg-type]
+
+
+def _done(d: Deferred[T]) -> T:
+    """The result of a Deferred that has fired (on an InlinePool, the facade's have), or its exception."""
+    results: list[T | Failure] = []
+    d.addBoth(results.append)
+    [result] = results
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
 
 
 def _print(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
-def _status(config: Config, do: Callable[..., Any]) -> dict[str, Any]:
-    from .core import suspension
-    from .core.facade import _counts
-
-    counts = do(lambda s, rules: _counts(s))
-    suspended, notice = do(lambda s, rules: suspension.global_state(s))
+def _status(config: Config, core: Core) -> dict[str, Any]:
+    counts = _done(core.counts())
+    suspended, notice = _done(core.suspension_state())
     return {"suspended": suspended, "notice": notice, "links": _daemon_links(config), **counts}
 
 
@@ -165,8 +178,6 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
 
 
 def _dispatch(args: argparse.Namespace, config: Config) -> int:
-    from .core import enrollment, merchants, suspension
-
     if args.command == "migrate":
         from .core.db import migrate
 
@@ -177,16 +188,16 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         from .runner import run
 
         return run(config, demo=args.demo)
-    do = _blocking(config)
+    core = _core(config)
     if args.command == "merchant":
         if args.verb == "add":
-            _print(do(merchants.add, args.name, args.domain))
+            _print(_done(core.add_merchant(args.name, args.domain)))
         elif args.verb == "list":
-            _print(do(lambda s, rules: merchants.listing(s)))
+            _print(_done(core.list_merchants()))
         elif args.verb == "rotate-key":
-            _print(do(merchants.rotate_key, args.id))
+            _print(_done(core.rotate_merchant_key(args.id)))
         else:
-            do(merchants.remove, args.id)
+            _done(core.remove_merchant(args.id))
             _print({"removed": args.id})
     elif args.command == "enroll":
         fields = {
@@ -196,17 +207,18 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             "mobile": args.mobile,
             "card_first8": args.card_first8,
         }
-        _print(do(enrollment.enroll, fields, args.channel, "operator"))
+        _print(_done(core.enroll(fields, args.channel, "operator")))
     elif args.command in ("lock", "unlock"):
-        _print(do(enrollment.lock, args.identifier, args.command == "lock", getattr(args, "reason", "")))
+        locked = args.command == "lock"
+        _print(_done(core.lock(args.identifier, locked, getattr(args, "reason", ""))))
     elif args.command == "suspend":
-        do(suspension.suspend, args.notice, args.cardholder, args.merchant)
+        _done(core.suspend(args.notice, args.cardholder, args.merchant))
         _print({"suspended": True, "notice": args.notice})
     elif args.command == "resume":
-        do(suspension.resume, args.cardholder, args.merchant)
+        _done(core.resume(args.cardholder, args.merchant))
         _print({"suspended": False})
     elif args.command == "status":
-        _print(_status(config, do))
+        _print(_status(config, core))
     return EXIT_OK
 
 

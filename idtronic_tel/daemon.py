@@ -4,6 +4,7 @@ the simulated peers around it: demo.py.)"""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,8 @@ from .config_schema import Config
 from .core.crypto import Vault
 from .core.db import DBPool, check_schema, is_empty, make_engine, migrate
 from .core.facade import Core, CoreCallbackQueue, CoreIvrGateway, CoreSmsOutbox
-from .core.rules import Rules
+from .core.rules import Rules, utcnow
+from .core.settings import CoreSettings
 from .ivr.agi_server import agi_endpoint, make_agi_factory
 from .ivr.ami_client import AmiClient
 from .ivr.dialer import CallbackDialer
@@ -35,6 +37,24 @@ log = Logger()
 
 HOUSEKEEPING_SECONDS = 15.0
 MoreRoutes = Callable[["Daemon"], list[Route]]  # routes served besides the API and pages (the demo's)
+
+
+def core_settings(config: Config) -> CoreSettings:
+    """The core's share of the configuration."""
+    return CoreSettings(
+        enrollment=config.enrollment,
+        tokens=config.tokens,
+        budget=config.budget,
+        profile=config.profile,
+        callback=config.callback,
+        voice_fallback=config.voice_fallback,
+        call_deadline=config.ami.originate_timeout + config.ami.outcome_grace,
+    )
+
+
+def core_rules(config: Config, clock: Callable[[], dt.datetime] = utcnow) -> Rules:
+    """The core's settings, keys and clock (the command line, tests and benchmarks build theirs here)."""
+    return Rules(core_settings(config), Vault(config.keys.data_key, config.keys.hmac_key), clock)
 
 
 @dataclass
@@ -99,8 +119,7 @@ def build(
             )
         check_schema(engine)
     pool = DBPool(reactor, engine, threads)
-    rules = Rules(config, Vault(config.keys.data_key, config.keys.hmac_key))
-    core = Core(reactor, pool, rules)
+    core = Core(reactor, pool, core_rules(config))
     top = MultiService()
     worker = worker_name(config.smpp.worker)
 

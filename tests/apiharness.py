@@ -17,11 +17,10 @@ from idtronic_tel.api.app import build_router
 from idtronic_tel.api.front import Front
 from idtronic_tel.api.resource import ApiResource
 from idtronic_tel.config_schema import ApiConfig, CallbackConfig, Config
-from idtronic_tel.core.crypto import Vault
 from idtronic_tel.core.db import DBPool, make_engine
 from idtronic_tel.core.facade import Core, CoreCallbackQueue, CoreIvrGateway, CoreSmsOutbox
-from idtronic_tel.core.rules import Rules
 from idtronic_tel.core.states import EndReason
+from idtronic_tel.daemon import core_rules
 
 OPERATOR_KEY = "idt_op_test-operator-key-0123456789abcdefghijklmno"
 PAYMENT = {"amount": 4990, "currency": "EUR", "reference": "order-42"}
@@ -59,8 +58,7 @@ class ApiHarness:
         self.config = config
         self.pool = DBPool(reactor, make_engine(url), 4)  # type: ignore[arg-type]
         self.pool.start()
-        vault = Vault(config.keys.data_key, config.keys.hmac_key)
-        self.rules = Rules(config, vault, clock) if clock is not None else Rules(config, vault)
+        self.rules = core_rules(config, clock) if clock is not None else core_rules(config)
         self.core = Core(reactor, self.pool, self.rules)  # type: ignore[arg-type]
         self.outbox = CoreSmsOutbox(self.core)
         self.calls = CoreCallbackQueue(self.core)

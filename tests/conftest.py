@@ -17,9 +17,9 @@ import pytest
 import sqlalchemy as sa
 
 from idtronic_tel.config_schema import Config, KeysConfig
-from idtronic_tel.core.crypto import Vault
 from idtronic_tel.core.db import DBPool, make_engine, migrate
 from idtronic_tel.core.rules import Rules
+from idtronic_tel.daemon import core_rules
 
 PG_ADMIN_URL = os.environ.get("IDT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 ON_CI = os.environ.get("CI") == "true"
@@ -49,7 +49,7 @@ test_config.__test__ = False  # type: ignore[attr-defined]
 
 def make_rules(config: Config | None = None, clock: FakeClock | None = None) -> Rules:
     config = config or test_config()
-    return Rules(config, Vault(config.keys.data_key, config.keys.hmac_key), clock or FakeClock())
+    return core_rules(config, clock or FakeClock())
 
 
 @pytest.fixture

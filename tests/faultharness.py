@@ -33,7 +33,8 @@ from idtronic_tel.core.crypto import Vault
 from idtronic_tel.core.db import DBPool, make_engine
 from idtronic_tel.core.facade import Core, CoreSmsOutbox
 from idtronic_tel.core.models import SmsMessage, SmsPart
-from idtronic_tel.core.rules import Rules, utcnow
+from idtronic_tel.core.rules import utcnow
+from idtronic_tel.daemon import core_rules
 from idtronic_tel.smpp.service import SmppService, makeSmppService
 from tests.conftest import ON_CI
 from tests.daemonharness import free_port
@@ -214,7 +215,7 @@ class InProcess:
         threads = 1 if url.startswith("sqlite") else 4  # SQLite takes one writer at a time
         self.pool = DBPool(reactor, make_engine(url, pool_size=threads), threads)  # type: ignore[arg-type]
         self.pool.start()
-        self.rules = Rules(config, Vault(config.keys.data_key, config.keys.hmac_key), clock)
+        self.rules = core_rules(config, clock)
         self.core = Core(reactor, self.pool, self.rules)  # type: ignore[arg-type]
         self.outbox = CoreSmsOutbox(self.core)
         self.services: list[SmppService] = []

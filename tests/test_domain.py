@@ -182,7 +182,7 @@ def test_stale_attempt_resolved_after_deadline_then_retried(core, clock):  # typ
     clock.advance(11)
     job = core(callbacks.claim_due, "w1", 10)[0]
     core(callbacks.mark_originated, job.attempt_id, "cb-x")
-    clock.advance(core.rules.config.ami.originate_timeout + core.rules.config.ami.outcome_grace + 1)
+    clock.advance(core.rules.settings.call_deadline + 1)
     assert core(callbacks.resolve_stale) == 1
     clock.advance(300)
     assert [j.attempt_no for j in core(callbacks.claim_due, "w1", 10)] == [2]

@@ -34,11 +34,11 @@ from idtronic_tel.config import load_config, prepare_data_dir
 from idtronic_tel.config_schema import Config
 from idtronic_tel.core import callbacks, enrollment, merchants
 from idtronic_tel.core.cards import luhn_check_digit
-from idtronic_tel.core.crypto import Vault
 from idtronic_tel.core.db import DBPool, make_engine
 from idtronic_tel.core.models import Payment, SmsMessage
 from idtronic_tel.core.rules import Rules
 from idtronic_tel.core.states import EndReason
+from idtronic_tel.daemon import core_rules
 
 pytestmark = pytest.mark.postgres
 
@@ -146,7 +146,7 @@ def cluster(pg_url: str, tmp_path: Path) -> Iterator[Cluster]:
                 )
             urls.append(f"127.0.0.1:{port}")
         _wait_ready(procs, urls, logs)
-        rules = Rules(config, Vault(config.keys.data_key, config.keys.hmac_key))
+        rules = core_rules(config)
         added = pool.run_blocking(merchants.add, rules, "Boutique Concurrente", None)
         yield Cluster(config, urls, pool, rules, added["api_key"])
     finally:

@@ -27,13 +27,12 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 
 from idtronic_tel.config_schema import CallbackConfig, Config, TokensConfig
 from idtronic_tel.core.cards import luhn_check_digit
-from idtronic_tel.core.crypto import Vault
 from idtronic_tel.core.db import DBPool, make_engine
 from idtronic_tel.core.facade import CoreSmsOutbox
 from idtronic_tel.core.merchants import MerchantAuth
 from idtronic_tel.core.models import AuditEntry, SmsMessage, SmsPart
 from idtronic_tel.core.ports import OutgoingSms
-from idtronic_tel.core.rules import Rules
+from idtronic_tel.daemon import core_rules
 from idtronic_tel.smpp.service import SmppService
 from tests import domain_helpers
 from tests.conftest import BlockingCore, FakeClock, fresh_pg_database, test_config
@@ -78,7 +77,7 @@ class World:
 
 
 def seed(url: str, config: Config, clock: FakeClock, cardholders: int) -> World:
-    blocking = BlockingCore(url, Rules(config, Vault(config.keys.data_key, config.keys.hmac_key), clock))
+    blocking = BlockingCore(url, core_rules(config, clock))
     try:
         merchant = domain_helpers.merchant(blocking)
         holders = []

@@ -28,10 +28,9 @@ from twisted.internet import reactor, threads
 
 from idtronic_tel.config_schema import Config
 from idtronic_tel.core import enrollment
-from idtronic_tel.core.crypto import Vault
 from idtronic_tel.core.db import DBPool, make_engine, migrate
 from idtronic_tel.core.models import AuditEntry, CallbackAttempt, CallbackRequest, SmsMessage
-from idtronic_tel.core.rules import Rules
+from idtronic_tel.daemon import core_rules
 from idtronic_tel.simulators.asterisk_ami import AmiEmulatorFactory
 from idtronic_tel.simulators.handset import Answer, Handset, HandsetDirectory
 from tests.conftest import test_config
@@ -346,7 +345,7 @@ async def test_two_daemons_drain_one_outbox_and_one_callback_queue_each_item_onc
 
 def enroll_many(url: str, config: Config, count: int) -> list[int]:
     """`count` web enrollments, each with its callback due now; their request ids."""
-    rules = Rules(config, Vault(config.keys.data_key, config.keys.hmac_key))
+    rules = core_rules(config)
     pool = DBPool(None, make_engine(url, pool_size=1), 1)  # type: ignore[arg-type]  # run_blocking only
     fields = {
         "last_name": "Martin",

@@ -13,7 +13,7 @@ def record_failure(s: Session, rules: Rules, holder: Cardholder, channel: str) -
     """Count one failure; returns True when this failure locked the cardholder."""
     holder.failures += 1
     holder.updated_at = rules.now()
-    if not holder.locked and holder.failures >= rules.config.budget.max_consecutive_failures:
+    if not holder.locked and holder.failures >= rules.settings.budget.max_consecutive_failures:
         holder.locked = True
         holder.lock_reason = f"{holder.failures} consecutive failures"
         audit.record(

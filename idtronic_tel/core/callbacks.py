@@ -33,8 +33,7 @@ from .suspension import global_state
 
 
 def _deadline(rules: Rules, now: dt.datetime) -> dt.datetime:
-    ami = rules.config.ami
-    return now + dt.timedelta(seconds=ami.originate_timeout + ami.outcome_grace)
+    return now + dt.timedelta(seconds=rules.settings.call_deadline)
 
 
 def claim_due(s: Session, rules: Rules, worker: str, limit: int) -> list[CallbackJob]:
@@ -151,7 +150,7 @@ def _end_attempt(
     if request.state != CallbackState.IN_CALL:
         return
     audit.record(s, rules, "ivr", "callback.attempt", f"cardholder:{holder.identifier}", outcome=outcome)
-    cfg = rules.config.callback
+    cfg = rules.settings.callback
     if request.calls_made < cfg.max_calls and not holder.locked:
         request.state = CallbackState.WAITING
         request.next_call_at = rules.next_call_time(rules.now() + dt.timedelta(seconds=cfg.retry_interval))
@@ -222,7 +221,7 @@ def check_card_digits(s: Session, rules: Rules, attempt_id: str, last8: str) -> 
     if request.kind not in (CallKind.ENROLL, CallKind.MOBILE_CHANGE):
         return DigitsVerdict.FAILED
     attempt.entries_used += 1
-    last_entry = attempt.entries_used >= rules.config.callback.max_entries
+    last_entry = attempt.entries_used >= rules.settings.callback.max_entries
     if not _complete_entry(last8):
         why = "no complete entry"
     else:
@@ -335,7 +334,7 @@ def resolve_stale(s: Session, rules: Rules) -> int:
 def schedule_voice_fallbacks(s: Session, rules: Rules) -> int:
     """A payment token whose SMS is undeliverable, or has no receipt after `no_receipt_after`, is read out
     by phone (docs/rules.md §2, voice fallback; off by default)."""
-    cfg = rules.config.voice_fallback
+    cfg = rules.settings.voice_fallback
     if not cfg.enabled:
         return 0
     now = rules.now()

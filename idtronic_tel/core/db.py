@@ -20,7 +20,7 @@ from sqlalchemy import Engine, create_engine, event, inspect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import sessionmaker
 from twisted.internet import threads
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -185,3 +185,11 @@ class DBPool:
             committing[0] = True
             session.commit()
             return result
+
+
+class InlinePool(DBPool):
+    """Runs the work in the calling thread; `run` returns a Deferred that has already fired. The facade on
+    it needs no running reactor: the command line goes through the facade this way."""
+
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
+        return maybeDeferred(self.run_blocking, fn, *args, **kwargs)

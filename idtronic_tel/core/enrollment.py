@@ -48,7 +48,7 @@ def validate_identity(rules: Rules, fields: dict[str, Any], partial: bool = Fals
         problems["birth_date"] = "required"
     if "mobile" in fields:
         try:
-            clean["mobile"] = normalise_mobile(fields["mobile"], rules.config.enrollment.default_region)
+            clean["mobile"] = normalise_mobile(fields["mobile"], rules.settings.enrollment.default_region)
         except InvalidMobile as exc:
             problems["mobile"] = str(exc)
     elif not partial:
@@ -94,7 +94,7 @@ def enroll(s: Session, rules: Rules, fields: dict[str, Any], channel: str, actor
         s.flush()
     except IntegrityError as exc:
         raise Conflict("identification number collision, try again") from exc
-    schedule_call(s, rules, holder, CallKind.ENROLL, holder.mobile, rules.config.callback.first_call_delay)
+    schedule_call(s, rules, holder, CallKind.ENROLL, holder.mobile, rules.settings.callback.first_call_delay)
     audit.record(s, rules, actor, "enrollment.create", f"cardholder:{identifier}", channel=channel)
     return {"identifier": identifier, "status": holder.status}
 
@@ -145,7 +145,7 @@ def request_callback(s: Session, rules: Rules, identifier: str) -> dict[str, Any
         raise Conflict("this enrollment is locked; contact your bank", status="locked")
     holder.status = CardholderStatus.AWAITING_CALLBACK
     holder.updated_at = rules.now()
-    schedule_call(s, rules, holder, CallKind.ENROLL, holder.mobile, rules.config.callback.first_call_delay)
+    schedule_call(s, rules, holder, CallKind.ENROLL, holder.mobile, rules.settings.callback.first_call_delay)
     audit.record(s, rules, "cardholder", "enrollment.callback", f"cardholder:{identifier}")
     return status(s, rules, identifier)
 

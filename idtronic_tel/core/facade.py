@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -61,6 +60,8 @@ class _Signal:
 
 
 class Core:
+    """`reactor` is the clock of the caches (and of the wake-ups); `rules.clock` the domain's."""
+
     def __init__(self, reactor: IReactorTime, pool: DBPool, rules: Rules) -> None:
         self.reactor = reactor
         self.pool = pool
@@ -112,11 +113,11 @@ class Core:
     def suspension_state(self) -> Deferred[tuple[bool, str]]:
         """The global switch, cached for a moment: it is read on every merchant and cardholder call."""
         cached = self._suspension_cache
-        if cached is not None and time.monotonic() - cached[0] < _CACHE_SECONDS:
+        if cached is not None and self.reactor.seconds() - cached[0] < _CACHE_SECONDS:
             return succeed(cached[1])
 
         def remember(state: tuple[bool, str]) -> None:
-            self._suspension_cache = (time.monotonic(), state)
+            self._suspension_cache = (self.reactor.seconds(), state)
 
         return self._shared_read("suspension", lambda: self.pool.run(suspension.global_state), remember)
 
@@ -142,13 +143,13 @@ class Core:
     def authenticate_merchant(self, key: str) -> Deferred[MerchantAuth | None]:
         digest = merchants.key_digest(self.rules, key)
         cached = self._auth_cache.get(digest)
-        if cached is not None and time.monotonic() - cached[0] < _CACHE_SECONDS:
+        if cached is not None and self.reactor.seconds() - cached[0] < _CACHE_SECONDS:
             return succeed(cached[1])
 
         def remember(auth: MerchantAuth | None) -> None:
             if len(self._auth_cache) > 10_000:
                 self._auth_cache.clear()
-            self._auth_cache[digest] = (time.monotonic(), auth)
+            self._auth_cache[digest] = (self.reactor.seconds(), auth)
 
         return self._shared_read(
             "merchant:" + digest, lambda: self._run(merchants.authenticate, key), remember

@@ -184,7 +184,7 @@ def view(s: Session, rules: Rules, payment: Payment, sms: str | None = None) -> 
         "expires_at": _iso(payment.expires_at),
         "validated_at": _iso(payment.validated_at),
         "sms": _SMS_VIEW.get(sms or "queued", sms or "queued"),
-        "attempts_remaining": max(0, rules.config.tokens.max_attempts - payment.wrong_tokens),
+        "attempts_remaining": max(0, rules.settings.tokens.max_attempts - payment.wrong_tokens),
     }
 
 
@@ -230,7 +230,7 @@ def create(
                 raise IdempotencyConflict("this Idempotency-Key was used with another request body")
             return previous.status_code, json.loads(previous.response)
     _validate(body)
-    cfg = rules.config.tokens
+    cfg = rules.settings.tokens
     since = rules.now() - dt.timedelta(seconds=cfg.per_cardholder_window)
     holder = conn.execute(_HOLDER, {"b_identifier": body["identifier"], "b_since": since}).first()
     if holder is None or holder.status != CardholderStatus.ACTIVE or holder.locked or holder.suspended:
@@ -327,7 +327,7 @@ def _prefixed(**rows: dict[str, Any]) -> dict[str, Any]:
 
 
 def _token_text(rules: Rules, merchant: MerchantAuth, amount: int, currency: str) -> tokens.TextTemplate:
-    cfg = rules.config.tokens
+    cfg = rules.settings.tokens
     template = cfg.payment_template
     if merchant.domain:
         # WebOTP / origin-bound one-time codes: browsers fill the code in, and only on that domain.
@@ -434,7 +434,7 @@ def confirm(s: Session, rules: Rules, merchant: MerchantAuth, payment_id: str, t
         "expires_at": _iso(row.expires_at),
         "validated_at": now.isoformat(),
         "sms": _SMS_VIEW.get(sms or "queued", sms or "queued"),
-        "attempts_remaining": max(0, rules.config.tokens.max_attempts - row.wrong_tokens),
+        "attempts_remaining": max(0, rules.settings.tokens.max_attempts - row.wrong_tokens),
     }
 
 
@@ -474,7 +474,7 @@ def _confirm_slow(
     if challenge is not None:
         challenge.wrong_attempts += 1
     locked = budget.record_failure(s, rules, holder, "payment")
-    remaining = rules.config.tokens.max_attempts - payment.wrong_tokens
+    remaining = rules.settings.tokens.max_attempts - payment.wrong_tokens
     if remaining <= 0 or locked:
         _finish(s, payment, PaymentStatus.FAILED, now)
         remaining = 0
@@ -496,7 +496,7 @@ def resend(s: Session, rules: Rules, merchant: MerchantAuth, payment_id: str) ->
     _expire_if_due(s, rules, payment)
     if payment.status != PaymentStatus.PENDING:
         raise NotPending("the payment is not pending", status=payment.status)
-    cfg = rules.config.tokens
+    cfg = rules.settings.tokens
     if payment.resends >= cfg.max_resends:
         raise ResendLimit("no more resends for this payment", max_resends=cfg.max_resends)
     wait = (payment.last_token_at + dt.timedelta(seconds=cfg.resend_interval) - rules.now()).total_seconds()

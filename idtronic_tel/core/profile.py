@@ -37,7 +37,7 @@ def request_challenge(s: Session, rules: Rules, identifier: str) -> None:
     if not _usable(holder):
         return
     assert holder is not None
-    cfg = rules.config.tokens
+    cfg = rules.settings.tokens
     text = tokens.TextTemplate(cfg.profile_template, minutes=str(int(cfg.lifetime // 60)))
     try:
         tokens.issue(s, rules, holder, "profile", text)
@@ -65,7 +65,7 @@ def open_session(s: Session, rules: Rules, identifier: str, token: str) -> dict[
     ):
         if challenge is not None and tokens.live_challenge(challenge, now):
             challenge.wrong_attempts += 1
-            if challenge.wrong_attempts >= rules.config.tokens.max_attempts:
+            if challenge.wrong_attempts >= rules.settings.tokens.max_attempts:
                 tokens.retire(s, challenge)
         budget.record_failure(s, rules, holder, "profile")
         audit.record(s, rules, "cardholder", "profile.wrong-token", f"cardholder:{identifier}")
@@ -82,7 +82,7 @@ def open_session(s: Session, rules: Rules, identifier: str, token: str) -> dict[
         )
     )
     audit.record(s, rules, "cardholder", "profile.session", f"cardholder:{identifier}")
-    return {"session": secret, "expires_in": int(rules.config.profile.session_idle)}
+    return {"session": secret, "expires_in": int(rules.settings.profile.session_idle)}
 
 
 def _session_holder(s: Session, rules: Rules, secret: str) -> Cardholder:
@@ -90,7 +90,7 @@ def _session_holder(s: Session, rules: Rules, secret: str) -> Cardholder:
         select(ProfileSession).where(ProfileSession.session_digest == rules.vault.digest("session", secret))
     )
     now = rules.now()
-    idle = dt.timedelta(seconds=rules.config.profile.session_idle)
+    idle = dt.timedelta(seconds=rules.settings.profile.session_idle)
     if session is None or session.closed or session.last_seen_at + idle <= now:
         raise SessionInvalid("the session is unknown or expired: ask for a new code")
     holder = s.get(Cardholder, session.cardholder_id)
@@ -158,7 +158,7 @@ def _request_mobile_change(s: Session, rules: Rules, holder: Cardholder, new_mob
         pending.finished_at = rules.now()
     holder.mobile_pending = new_mobile
     schedule_call(
-        s, rules, holder, CallKind.MOBILE_CHANGE, new_mobile, rules.config.callback.first_call_delay
+        s, rules, holder, CallKind.MOBILE_CHANGE, new_mobile, rules.settings.callback.first_call_delay
     )
     # The old number hears of the request: a stolen session cannot move the account silently.
     tokens.queue_sms(
@@ -166,6 +166,6 @@ def _request_mobile_change(s: Session, rules: Rules, holder: Cardholder, new_mob
         rules,
         holder,
         "notice",
-        rules.config.tokens.mobile_change_notice,
+        rules.settings.tokens.mobile_change_notice,
         rules.now() + dt.timedelta(hours=24),
     )

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
-from ..config_schema import Config
 from .cards import PrefixList
 from .crypto import Vault
+from .settings import CoreSettings
 
 
 def utcnow() -> dt.datetime:
@@ -18,7 +18,7 @@ def utcnow() -> dt.datetime:
 
 @dataclass
 class Rules:
-    config: Config
+    settings: CoreSettings
     vault: Vault
     clock: Callable[[], dt.datetime] = utcnow
     prefixes: PrefixList = field(init=False)
@@ -26,9 +26,9 @@ class Rules:
     hours: tuple[int, int] = field(init=False)  # calling window in minutes of the local day; end may be 1440
 
     def __post_init__(self) -> None:
-        self.prefixes = PrefixList(self.config.enrollment.card_prefixes)
-        self.zone = ZoneInfo(self.config.callback.timezone)
-        start, _, end = self.config.callback.calling_hours.partition("-")
+        self.prefixes = PrefixList(self.settings.enrollment.card_prefixes)
+        self.zone = ZoneInfo(self.settings.callback.timezone)
+        start, _, end = self.settings.callback.calling_hours.partition("-")
         self.hours = (_minutes(start), _minutes(end))
 
     def now(self) -> dt.datetime:

@@ -58,7 +58,7 @@ def token_digest(rules: Rules, challenge_purpose: str, token: str) -> str:
 
 def check_rate(s: Session, rules: Rules, holder: Cardholder) -> None:
     """At most `per_cardholder_limit` tokens per window (docs/rules.md §4)."""
-    since = rules.now() - dt.timedelta(seconds=rules.config.tokens.per_cardholder_window)
+    since = rules.now() - dt.timedelta(seconds=rules.settings.tokens.per_cardholder_window)
     # One query on the (cardholder_id, created_at) index.
     count, oldest = s.execute(_RECENT, {"b_holder": holder.id, "b_since": since}).one()
     refuse_over_rate(rules, count, oldest)
@@ -109,7 +109,7 @@ def token_rows(
     """Draw a token: the challenge row and its queued SMS row (CHALLENGE_COLUMNS, SMS_COLUMNS; the
     SMS's challenge_id is the caller's to fill in)."""
     token = random_digits(TOKEN_DIGITS)
-    expires = now + dt.timedelta(seconds=rules.config.tokens.lifetime)
+    expires = now + dt.timedelta(seconds=rules.settings.tokens.lifetime)
     challenge = {
         "cardholder_id": holder_id,
         "purpose": purpose,
@@ -123,7 +123,7 @@ def token_rows(
         "revoked": False,
         "wrong_attempts": 0,
         "token_enc": rules.vault.encrypt("voice-token", token)
-        if rules.config.voice_fallback.enabled
+        if rules.settings.voice_fallback.enabled
         else None,
     }
     sms = {
@@ -149,7 +149,7 @@ def issue_core(conn: Connection, challenge: dict[str, Any], sms: dict[str, Any])
 
 def refuse_over_rate(rules: Rules, count: int, oldest: dt.datetime | None) -> None:
     """`count` tokens sent to a cardholder in the window, the oldest at `oldest`."""
-    cfg = rules.config.tokens
+    cfg = rules.settings.tokens
     if count >= cfg.per_cardholder_limit:
         retry = float(cfg.per_cardholder_window)
         if oldest is not None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -84,10 +83,6 @@ def originate_headers(
     return headers
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class Drain(enum.Enum):
     IDLE = "idle"
     DRAINING = "draining"  # claiming due jobs and placing them
@@ -142,7 +137,6 @@ class CallbackDialer(Service):
         batch: int = 20,
         max_in_flight: int = 500,
         use_channel_id: bool = True,
-        now: Callable[[], datetime] = _utcnow,
     ) -> None:
         self.queue = queue
         self.ami = ami
@@ -153,7 +147,6 @@ class CallbackDialer(Service):
         self.batch = batch
         self.max_in_flight = max_in_flight
         self.use_channel_id = use_channel_id
-        self.now = now
         self._attempts: dict[str, _Attempt] = {}
         self.drain = Drain.IDLE
         self._poll: LoopingCall | None = None
@@ -323,7 +316,7 @@ class CallbackDialer(Service):
 
     def _forget_overdue(self) -> None:
         """Stop listening for attempts past their deadline: the core's housekeeping resolves them."""
-        now = self.now()
+        now = datetime.fromtimestamp(self.clock.seconds(), UTC)
         for att in [a for a in self._attempts.values() if a.job.deadline <= now]:
             self.log.warn(
                 "Callback {attempt_id}: no OriginateResponse before the deadline; left to the core",
