@@ -84,7 +84,7 @@ def _activate_batch(s: Any, rules: Rules, numbers: range) -> list[str]:
             "mobile": f"06 {number // 10000 % 100:02d} {number // 100 % 100:02d} {number % 100:02d} 44",
             "card_first8": first8,
         }
-        identifiers.append(enrollment.enroll(s, rules, fields, "web", "cardholder")["identifier"])
+        identifiers.append(enrollment.enroll(s, rules, fields, "web", "cardholder").identifier)
         (job,) = callbacks.claim_due(s, rules, "bench-setup", 1)
         callbacks.start_call(s, rules, job.attempt_id)
         verdict = callbacks.check_card_digits(

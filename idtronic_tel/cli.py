@@ -178,6 +178,8 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
 
 
 def _dispatch(args: argparse.Namespace, config: Config) -> int:
+    from .core.views import wire
+
     if args.command == "migrate":
         from .core.db import migrate
 
@@ -191,11 +193,11 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     core = _core(config)
     if args.command == "merchant":
         if args.verb == "add":
-            _print(_done(core.add_merchant(args.name, args.domain)))
+            _print(wire(_done(core.add_merchant(args.name, args.domain))))
         elif args.verb == "list":
-            _print(_done(core.list_merchants()))
+            _print(wire(_done(core.list_merchants()))["merchants"])
         elif args.verb == "rotate-key":
-            _print(_done(core.rotate_merchant_key(args.id)))
+            _print(wire(_done(core.rotate_merchant_key(args.id))))
         else:
             _done(core.remove_merchant(args.id))
             _print({"removed": args.id})
@@ -207,10 +209,10 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             "mobile": args.mobile,
             "card_first8": args.card_first8,
         }
-        _print(_done(core.enroll(fields, args.channel, "operator")))
+        _print(wire(_done(core.enroll(fields, args.channel, "operator"))))
     elif args.command in ("lock", "unlock"):
         locked = args.command == "lock"
-        _print(_done(core.lock(args.identifier, locked, getattr(args, "reason", ""))))
+        _print(wire(_done(core.lock(args.identifier, locked, getattr(args, "reason", "")))))
     elif args.command == "suspend":
         _done(core.suspend(args.notice, args.cardholder, args.merchant))
         _print({"suspended": True, "notice": args.notice})

@@ -30,6 +30,7 @@ from .api.routing import Route
 from .config_schema import Config, SmppBindConfig
 from .core.cards import luhn_check_digit
 from .core.crypto import random_digits
+from .core.views import wire
 from .daemon import Daemon, DaemonService
 from .daemon import make_service as make_daemon_service
 from .simulators import smsc
@@ -223,7 +224,7 @@ class DemoScenario(Service):
             "web",
             "demo",
         )
-        identifier = enrolled["identifier"]
+        identifier = enrolled.identifier
         log.info(
             "DEMO enrollment {identifier}: waiting for the callback (the simulated handset answers)",
             identifier=identifier,
@@ -238,24 +239,24 @@ class DemoScenario(Service):
             {"identifier": identifier, "amount": 4990, "currency": "EUR", "reference": "demo-1"},
             None,
         )
-        log.info("DEMO payment {id} created: its token SMS goes to the SMSC simulator", id=payment["id"])
+        log.info("DEMO payment {id} created: its token SMS goes to the SMSC simulator", id=payment.id)
         token = await self._token_after(seen, 30)
-        confirmed = await core.confirm_payment(merchant, payment["id"], token)
+        confirmed = await core.confirm_payment(merchant, payment.id, token)
         view = await self._wait_for(
-            lambda: core.get_payment(merchant, payment["id"]), ("delivered",), 30, key="sms"
+            lambda: core.get_payment(merchant, payment.id), ("delivered",), 30, key="sms"
         )
         log.info(
             "DEMO payment {id} is {status} (SMS {sms}): the end-to-end demo succeeded",
-            id=payment["id"],
-            status=confirmed["status"],
+            id=payment.id,
+            status=confirmed.status,
             sms=view["sms"],
         )
         self.peers.out.write(try_it(self.daemon.listeners["http"].url, shop, identifier, fresh_card()))
         self.peers.out.flush()
         return {
             "identifier": identifier,
-            "payment": payment["id"],
-            "status": confirmed["status"],
+            "payment": payment.id,
+            "status": confirmed.status,
             "merchant": shop["id"],
             "api_key": shop["api_key"],
         }
@@ -273,12 +274,12 @@ class DemoScenario(Service):
             )
             return saved
         # The key file was lost (or the database replaced): a merchant of that name gets a new key.
-        known = [m for m in await core.list_merchants() if m["name"] == DEMO_MERCHANT]
+        known = [m for m in (await core.list_merchants()).merchants if m.name == DEMO_MERCHANT]
         if known:
-            shop = await core.rotate_merchant_key(known[0]["id"])
+            shop = await core.rotate_merchant_key(known[0].id)
         else:
             shop = await core.add_merchant(DEMO_MERCHANT, "demo.id-tronic.example")
-        merchant = {"id": shop["id"], "api_key": shop["api_key"]}
+        merchant = {"id": shop.id, "api_key": shop.api_key}
         pool = self.reactor.getThreadPool()
         try:
             await deferToThreadPool(self.reactor, pool, save_merchant, self.peers.merchant_file, merchant)
@@ -297,7 +298,7 @@ class DemoScenario(Service):
         self, read: Any, wanted: tuple[str, ...], seconds: float, key: str = "status"
     ) -> dict[str, Any]:
         for _ in range(int(seconds * 4)):
-            current = cast(dict[str, Any], await read())
+            current = wire(await read())
             if current[key] in wanted:
                 return current
             await deferLater(self.reactor, 0.25, lambda: None)

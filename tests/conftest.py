@@ -12,11 +12,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from idtronic_tel.config_schema import Config, KeysConfig
+from idtronic_tel.core import views
 from idtronic_tel.core.db import DBPool, make_engine, migrate
 from idtronic_tel.core.rules import Rules
 from idtronic_tel.daemon import core_rules
@@ -142,6 +144,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.line(line)
 
 
+def as_wire(result: Any) -> Any:
+    if type(result).__module__ == views.__name__:
+        return views.wire(result)
+    if isinstance(result, tuple):
+        return tuple(as_wire(item) for item in result)
+    return result
+
+
 class BlockingCore:
     """Runs domain functions in the test's thread (no reactor): for domain unit tests."""
 
@@ -152,7 +162,8 @@ class BlockingCore:
         self.pool = DBPool(reactor, make_engine(url), 2)  # type: ignore[arg-type]
 
     def __call__(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
-        return self.pool.run_blocking(fn, self.rules, *args, **kwargs)
+        """The domain function's answer, its views (core/views.py) as their JSON answers."""
+        return as_wire(self.pool.run_blocking(fn, self.rules, *args, **kwargs))
 
     def raw(self, fn, *args):  # type: ignore[no-untyped-def]
         return self.pool.run_blocking(fn, *args)

@@ -88,6 +88,6 @@ async def test_demo_hands_over_what_a_newcomer_needs_and_keeps_its_merchant(
     try:
         assert (second["merchant"], second["api_key"]) == (first["merchant"], first["api_key"])
         merchants = await service.daemon.core.list_merchants()
-        assert [m["name"] for m in merchants] == [DEMO_MERCHANT]
+        assert [m.name for m in merchants.merchants] == [DEMO_MERCHANT]
     finally:
         await service.stopService()

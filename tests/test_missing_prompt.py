@@ -44,10 +44,10 @@ async def test_missing_welcome_prompt_is_an_operator_error_not_retried(sqlite_ur
     try:
         identity = {"last_name": "M", "first_name": "C", "birth_date": "1980-01-01", "mobile": MOBILE}
         enrolled = await core.enroll({**identity, "card_first8": FIRST8}, "web", "cardholder")
-        identifier = enrolled["identifier"]
+        identifier = enrolled.identifier
 
         async def failed() -> bool:
-            return (await core.enrollment_status(identifier))["status"] == "failed"
+            return (await core.enrollment_status(identifier)).status == "failed"
 
         await until(failed, 60, "the enrollment call to fail")
 

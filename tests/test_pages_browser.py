@@ -295,7 +295,7 @@ async def test_cardholder_pages_in_chromium(
         console = await in_browser(page.console_errors)
         assert console == [], console
         # the daemon's side agrees with what the pages showed
-        assert (await h.core.enrollment_status(identifier))["status"] == "active"
+        assert (await h.core.enrollment_status(identifier)).status == "active"
     finally:
         if driver is not None:
             await threads.deferToThread(driver.quit)

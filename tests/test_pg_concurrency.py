@@ -170,7 +170,7 @@ def _activate(s: Any, rules: Rules, number: int) -> str:
         "mobile": "06 11 22 33 44",
         "card_first8": first8,
     }
-    identifier = enrollment.enroll(s, rules, fields, "web", "cardholder")["identifier"]
+    identifier = enrollment.enroll(s, rules, fields, "web", "cardholder").identifier
     jobs = callbacks.claim_due(s, rules, "test-setup", 1)
     assert len(jobs) == 1, "the callback of the new cardholder is not due"
     assert callbacks.start_call(s, rules, jobs[0].attempt_id) is not None

@@ -298,7 +298,7 @@ async def test_full_flow_leaves_no_secret_in_logs_database_or_agi(db_url: str, c
         core = h.daemon.core
 
         async def state(ident: str) -> str:
-            return str((await core.enrollment_status(ident))["status"])
+            return str((await core.enrollment_status(ident)).status)
 
         async def settled() -> bool:
             return await state(identifier) in ("active", "failed") and await state(failing["identifier"]) in (

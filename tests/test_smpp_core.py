@@ -101,8 +101,8 @@ async def pay(daemon: InProcess, world: World, holder: int) -> str:
     reference = f"o-{next(_references)}"
     body = {"identifier": identifier, "amount": 4990, "currency": "EUR", "reference": reference}
     status, view = await daemon.core.create_payment(world.merchant, body, None)
-    assert status == 201 and view["sms"] == "queued"
-    return str(view["id"])
+    assert status == 201 and view.sms == "queued"
+    return view.id
 
 
 async def sms_views(daemon: InProcess, world: World, payments: list[str]) -> dict[str, str]:
@@ -110,7 +110,7 @@ async def sms_views(daemon: InProcess, world: World, payments: list[str]) -> dic
     views = {}
     for payment_id in payments:
         view = await daemon.core.get_payment(world.merchant, payment_id)
-        views[payment_id] = view["sms"]
+        views[payment_id] = view.sms
     return views
 
 

@@ -37,7 +37,7 @@ async def test_undeliverable_sms_is_read_by_phone(sqlite_url: str) -> None:
     core = h.daemon.core
     try:
         shop = await core.add_merchant("Boutique", None)
-        merchant = await core.authenticate_merchant(shop["api_key"])
+        merchant = await core.authenticate_merchant(shop.api_key)
         enrolled = await core.enroll(
             {
                 "last_name": "M",
@@ -49,10 +49,10 @@ async def test_undeliverable_sms_is_read_by_phone(sqlite_url: str) -> None:
             "web",
             "cardholder",
         )
-        identifier = enrolled["identifier"]
+        identifier = enrolled.identifier
 
         async def active() -> bool:
-            return (await core.enrollment_status(identifier))["status"] == "active"
+            return (await core.enrollment_status(identifier)).status == "active"
 
         await until(active, 60, "enrollment by callback")
         _, payment = await core.create_payment(
@@ -60,7 +60,7 @@ async def test_undeliverable_sms_is_read_by_phone(sqlite_url: str) -> None:
         )
 
         async def undeliverable() -> bool:
-            return (await core.get_payment(merchant, payment["id"]))["sms"] == "undeliverable"
+            return (await core.get_payment(merchant, payment.id)).sms == "undeliverable"
 
         await until(undeliverable, 30, "the SMSC's UNDELIV receipt")
         sms_token = re.search(r"code (\d{6})", h.simulator.messages[-1].text).group(1)  # type: ignore[union-attr]
@@ -87,8 +87,8 @@ async def test_undeliverable_sms_is_read_by_phone(sqlite_url: str) -> None:
 
         assert await until(ended, 30, "the voice call to end") == [("succeeded", "ended", 1, "completed")]
         assert (await core.housekeeping())["voice_fallbacks"] == 0  # one call per token, never two
-        validated = await core.confirm_payment(merchant, payment["id"], sms_token)
-        assert validated["status"] == "validated"
+        validated = await core.confirm_payment(merchant, payment.id, sms_token)
+        assert validated.status == "validated"
         kinds = [o.get("Variable") for o in h.asterisk.originates]
         assert len(h.asterisk.originates) == 2, kinds  # the enrollment callback, then the voice call
     finally:

@@ -2,15 +2,58 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import enum
 import re
+import typing
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from .routing import Router
+from ..core import views
 
-_TS = {"type": ["string", "null"], "format": "date-time"}
+if TYPE_CHECKING:
+    from .routing import Route, Router
+
 _STR = {"type": "string"}
 _INT = {"type": "integer"}
+_SIMPLE = {str: _STR, int: _INT, bool: {"type": "boolean"}}
+_FORMATS = {dt.datetime: "date-time", dt.date: "date"}
+
+
+def schema_of(view: type) -> dict[str, Any]:
+    """The JSON Schema of a core view's answer (core/views.py): types from the annotations, the rest
+    from each field's metadata."""
+    properties: dict[str, Any] = {}
+    for slot in views.slots(view):
+        prop = {**_kind(slot.kind), **slot.schema}
+        if slot.optional:
+            if "enum" in prop:
+                prop["enum"] = [*prop["enum"], None]
+            else:
+                prop["type"] = [prop["type"], "null"]
+        if slot.description:
+            prop["description"] = slot.description
+        properties[slot.name] = prop
+    return {
+        "type": "object",
+        "required": [s.name for s in views.slots(view) if not s.omit_none],
+        "properties": properties,
+        "additionalProperties": False,
+    }
+
+
+def _kind(kind: Any) -> dict[str, Any]:
+    if kind in _FORMATS:
+        return {"type": "string", "format": _FORMATS[kind]}
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return {"enum": [member.value for member in kind]}
+    if typing.get_origin(kind) is tuple:
+        return {"type": "array", "items": schema_of(typing.get_args(kind)[0])}
+    return dict(_SIMPLE[kind])
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -18,103 +61,25 @@ SCHEMAS: dict[str, Any] = {
         "required": ["error", "message"],
         "properties": {
             "error": {"type": "string", "description": "stable machine-readable code"},
-            "message": {"type": "string"},
+            "message": _STR,
             "attempts_remaining": _INT,
             "status": _STR,
             "notice": _STR,
+            "max_resends": _INT,
             "fields": {"description": "per-field problems (object) or unknown field names (array)"},
         },
     },
-    "Payment": {
-        "type": "object",
-        "required": [
-            "id",
-            "status",
-            "amount",
-            "currency",
-            "reference",
-            "created_at",
-            "expires_at",
-            "validated_at",
-            "sms",
-            "attempts_remaining",
-        ],
-        "properties": {
-            "id": _STR,
-            "status": {"enum": ["pending", "validated", "failed", "expired", "cancelled"]},
-            "amount": _INT,
-            "currency": _STR,
-            "reference": _STR,
-            "description": _STR,
-            "created_at": _TS,
-            "expires_at": _TS,
-            "validated_at": _TS,
-            "sms": {"enum": ["queued", "submitted", "delivered", "undeliverable", "expired"]},
-            "attempts_remaining": _INT,
-        },
-        "additionalProperties": False,
-    },
-    "Enrollment": {
-        "type": "object",
-        "required": ["identifier", "status"],
-        "properties": {
-            "identifier": {"type": "string", "pattern": r"^\d{10}$"},
-            "status": {"const": "awaiting_callback"},
-        },
-    },
-    "EnrollmentStatus": {
-        "type": "object",
-        "required": ["status", "next_call_at"],
-        "properties": {
-            "identifier": _STR,
-            "status": {"enum": ["awaiting_callback", "calling", "active", "failed"]},
-            "next_call_at": _TS,
-        },
-    },
+    "Payment": schema_of(views.Payment),
+    "Enrollment": schema_of(views.Enrollment),
+    "EnrollmentStatus": _ref("Enrollment"),
     "Accepted": {"type": "object", "properties": {"status": _STR, "message": _STR}},
-    "Session": {
-        "type": "object",
-        "required": ["session"],
-        "properties": {"session": _STR, "expires_in": _INT},
-    },
-    "Profile": {
-        "type": "object",
-        "required": ["identifier", "last_name", "first_name", "birth_date", "mobile", "mobile_pending"],
-        "properties": {
-            "identifier": _STR,
-            "last_name": _STR,
-            "first_name": _STR,
-            "birth_date": {"type": "string", "format": "date"},
-            "mobile": _STR,
-            "mobile_pending": {"type": ["string", "null"]},
-            "card": {"type": ["string", "null"], "description": "at most the first 6 and last 4 digits"},
-        },
-    },
-    "MerchantKey": {
-        "type": "object",
-        "required": ["id", "api_key"],
-        "properties": {"id": _STR, "name": _STR, "domain": {"type": ["string", "null"]}, "api_key": _STR},
-    },
-    "MerchantList": {
-        "type": "object",
-        "required": ["merchants"],
-        "properties": {"merchants": {"type": "array"}},
-    },
-    "Lock": {
-        "type": "object",
-        "required": ["identifier", "locked"],
-        "properties": {"identifier": _STR, "locked": {"type": "boolean"}},
-    },
-    "Suspension": {
-        "type": "object",
-        "required": ["suspended"],
-        "properties": {"suspended": {"type": "boolean"}, "notice": _STR},
-    },
-    "Notice": {
-        "type": "object",
-        "required": ["suspended", "notice"],
-        "properties": {"suspended": {"type": "boolean"}, "notice": _STR},
-    },
+    "Session": schema_of(views.ProfileSession),
+    "Profile": schema_of(views.Profile),
+    "MerchantKey": schema_of(views.MerchantKey),
+    "MerchantList": schema_of(views.MerchantList),
+    "Lock": schema_of(views.Lock),
+    "Suspension": schema_of(views.Suspension),
+    "Notice": _ref("Suspension"),
     "Status": {
         "type": "object",
         "required": ["suspended", "links", "queues"],
@@ -151,7 +116,7 @@ def document(router: Router) -> dict[str, Any]:
         operation: dict[str, Any] = {
             "operationId": route.method.lower() + "_" + re.sub(r"\W+", "_", route.template).strip("_"),
             "summary": route.summary,
-            "responses": {str(status): _response(name) for status, name in sorted(route.responses.items())},
+            "responses": {str(status): _response(name) for status, name in sorted(statuses(route).items())},
         }
         if route.auth in _SECURITY:
             operation["security"] = _SECURITY[route.auth]
@@ -171,7 +136,7 @@ def document(router: Router) -> dict[str, Any]:
                     "name": "Idempotency-Key",
                     "in": "header",
                     "required": False,
-                    "schema": {"type": "string", "maxLength": 200},
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
                 }
             )
         paths.setdefault(route.template, {})[route.method.lower()] = operation
@@ -193,6 +158,24 @@ def document(router: Router) -> dict[str, Any]:
             },
         },
     }
+
+
+def statuses(route: Route) -> dict[int, str]:
+    """Every status the route can send: its own, plus those of the steps every request goes through
+    (api/resource.py): the headers and query string read as text (400), authentication (401), the body
+    (400, 413, 415, 422), the rate limits (429) and suspension (503)."""
+    found = {400: "Error"}
+    if route.auth in _SECURITY:
+        found[401] = "Error"
+    if route.body is not None:
+        found |= {413: "Error", 415: "Error"}
+        if route.body.fields:
+            found[422] = "Error"
+    if route.limited or route.auth == "merchant":
+        found[429] = "Error"
+    if route.suspendable:
+        found[503] = "Error"
+    return found | route.responses
 
 
 def _response(name: str) -> dict[str, Any]:

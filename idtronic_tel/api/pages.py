@@ -9,6 +9,7 @@ import re
 
 from ..core.errors import Conflict, InvalidInput, NotFound
 from ..core.facade import Core
+from ..core.views import wire
 from . import french, profile_pages
 from .identity import NAMES, card_first8_field, identity_fields
 from .routing import Reply, Route
@@ -58,7 +59,7 @@ def routes(core: Core) -> list[Route]:
             return _enroll_page(visit, None, values, french.problems(exc.extra["fields"]), status=422)
         except Conflict:
             return _enroll_page(visit, None, values, {}, status=409, error=_TRY_AGAIN)
-        return visit.redirect(f"/enrollment/{enrolled['identifier']}")
+        return visit.redirect(f"/enrollment/{enrolled.identifier}")
 
     async def result(visit: Visit) -> Reply:
         identifier = visit.call.params["identifier"]
@@ -110,7 +111,7 @@ _LOCKED = "Votre inscription est bloquée après trop d'erreurs : contactez votr
 async def _status(core: Core, identifier: str) -> dict[str, str | None]:
     if not _IDENTIFIER.fullmatch(identifier):
         raise NotFound("no such identifier")
-    return dict(await core.enrollment_status(identifier))
+    return wire(await core.enrollment_status(identifier))
 
 
 def _enroll_page(

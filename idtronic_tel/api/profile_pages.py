@@ -9,6 +9,7 @@ from typing import Any
 
 from ..core.errors import InvalidInput, InvalidToken, SessionInvalid
 from ..core.facade import Core
+from ..core.views import wire
 from . import french
 from .identity import NAMES, code_field, identifier_field, identity_fields
 from .routing import Reply, Route
@@ -29,7 +30,7 @@ def routes(core: Core, kit: Kit) -> list[Route]:
         if session is None:
             return _ask_identifier(visit)
         try:
-            profile = await core.get_profile(session)
+            profile = wire(await core.get_profile(session))
         except SessionInvalid:
             visit.clear_cookie(SESSION_COOKIE, "/profile")
             return _ask_identifier(visit, info=_EXPIRED)
@@ -61,7 +62,7 @@ def routes(core: Core, kit: Kit) -> list[Route]:
             opened = await core.open_profile_session(identifier, code)
         except InvalidToken:
             return _ask_code(visit, identifier, "Ce code est incorrect ou a expiré.")
-        visit.set_cookie(SESSION_COOKIE, opened["session"], "/profile")
+        visit.set_cookie(SESSION_COOKIE, opened.session, "/profile")
         return visit.redirect("/profile")
 
     async def save(visit: Visit) -> Reply:
@@ -77,13 +78,13 @@ def routes(core: Core, kit: Kit) -> list[Route]:
         if session is None:
             return _ask_identifier(visit, info=_EXPIRED)
         try:
-            profile = await core.update_profile(session, changes)
+            profile = wire(await core.update_profile(session, changes))
         except SessionInvalid:
             visit.clear_cookie(SESSION_COOKIE, "/profile")
             return _ask_identifier(visit, info=_EXPIRED)
         except InvalidInput as exc:
             errors = french.problems(exc.extra["fields"])
-            return _profile_page(visit, await core.get_profile(session), values, errors)
+            return _profile_page(visit, wire(await core.get_profile(session)), values, errors)
         return _profile_page(visit, profile, saved=True)
 
     async def leave(visit: Visit) -> Reply:

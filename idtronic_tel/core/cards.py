@@ -46,12 +46,3 @@ def new_identifier() -> str:
     """10 digits, the last a Luhn check digit; drawn at random (uniqueness is enforced by the database)."""
     body = random_digits(9)
     return body + luhn_check_digit(body)
-
-
-def identifier_problem(value: object) -> str | None:
-    """What is wrong with an identification number, fit to show; None when it is well formed."""
-    if not (isinstance(value, str) and len(value) == 10 and value.isascii() and value.isdigit()):
-        return "a 10-digit identification number"
-    if not luhn_valid(value):
-        return "wrong check digit: the last digit does not match the other nine (a typing error?)"
-    return None

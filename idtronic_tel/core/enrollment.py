@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import audit, budget
+from . import audit, budget, views
 from .cards import new_identifier
 from .errors import Conflict, InvalidInput, NotFound
 from .models import CallbackRequest, Cardholder
@@ -58,7 +58,7 @@ def validate_identity(rules: Rules, fields: dict[str, Any], partial: bool = Fals
     return clean
 
 
-def enroll(s: Session, rules: Rules, fields: dict[str, Any], channel: str, actor: str) -> dict[str, Any]:
+def enroll(s: Session, rules: Rules, fields: dict[str, Any], channel: str, actor: str) -> views.Enrollment:
     problems: dict[str, str] = {}
     try:
         identity = validate_identity(rules, fields)
@@ -96,7 +96,7 @@ def enroll(s: Session, rules: Rules, fields: dict[str, Any], channel: str, actor
         raise Conflict("identification number collision, try again") from exc
     schedule_call(s, rules, holder, CallKind.ENROLL, holder.mobile, rules.settings.callback.first_call_delay)
     audit.record(s, rules, actor, "enrollment.create", f"cardholder:{identifier}", channel=channel)
-    return {"identifier": identifier, "status": holder.status}
+    return status(s, rules, identifier)
 
 
 def schedule_call(
@@ -121,7 +121,7 @@ def _holder(s: Session, identifier: str) -> Cardholder:
     return holder
 
 
-def status(s: Session, rules: Rules, identifier: str) -> dict[str, Any]:
+def status(s: Session, rules: Rules, identifier: str) -> views.Enrollment:
     holder = _holder(s, identifier)
     request = s.scalar(
         select(CallbackRequest)
@@ -132,11 +132,11 @@ def status(s: Session, rules: Rules, identifier: str) -> dict[str, Any]:
     next_call = None
     enrolling = (CardholderStatus.AWAITING_CALLBACK, CardholderStatus.CALLING)
     if holder.status in enrolling and request and request.state == CallbackState.WAITING:
-        next_call = request.next_call_at.isoformat() if request.next_call_at else None
-    return {"identifier": identifier, "status": holder.status, "next_call_at": next_call}
+        next_call = request.next_call_at
+    return views.Enrollment(identifier, CardholderStatus(holder.status), next_call)
 
 
-def request_callback(s: Session, rules: Rules, identifier: str) -> dict[str, Any]:
+def request_callback(s: Session, rules: Rules, identifier: str) -> views.Enrollment:
     """A new callback after a failed enrollment; refused while locked (the failures already counted)."""
     holder = _holder(s, identifier)
     if holder.status != CardholderStatus.FAILED:
@@ -150,7 +150,7 @@ def request_callback(s: Session, rules: Rules, identifier: str) -> dict[str, Any
     return status(s, rules, identifier)
 
 
-def lock(s: Session, rules: Rules, identifier: str, locked: bool, reason: str) -> dict[str, Any]:
+def lock(s: Session, rules: Rules, identifier: str, locked: bool, reason: str) -> views.Lock:
     holder = _holder(s, identifier)
     holder.locked = locked
     holder.lock_reason = reason if locked else ""
@@ -160,4 +160,4 @@ def lock(s: Session, rules: Rules, identifier: str, locked: bool, reason: str) -
     audit.record(
         s, rules, "operator", "cardholder.lock" if locked else "cardholder.unlock", f"cardholder:{identifier}"
     )
-    return {"identifier": identifier, "locked": locked}
+    return views.Lock(identifier, locked)

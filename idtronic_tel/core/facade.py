@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from . import callbacks, enrollment, merchants, outbox, payments, profile, suspension
+from . import callbacks, enrollment, merchants, outbox, payments, profile, suspension, views
 from .db import DBPool
 from .errors import PaymentRefused
 from .merchants import MerchantAuth
@@ -123,11 +123,13 @@ class Core:
 
     def suspend(
         self, notice: str, cardholder: str | None = None, merchant: str | None = None
-    ) -> Deferred[None]:
+    ) -> Deferred[views.Suspension]:
         self._forget()
         return self._run(suspension.suspend, notice, cardholder, merchant).addCallback(self._forget)
 
-    def resume(self, cardholder: str | None = None, merchant: str | None = None) -> Deferred[None]:
+    def resume(
+        self, cardholder: str | None = None, merchant: str | None = None
+    ) -> Deferred[views.Suspension]:
         d = self._run(suspension.resume, cardholder, merchant).addCallback(self._forget)
         # Work that waited while suspended restarts now, without a restart of the daemon.
         return self._then_call(self._then_sms(d))
@@ -155,38 +157,38 @@ class Core:
             "merchant:" + digest, lambda: self._run(merchants.authenticate, key), remember
         )
 
-    def add_merchant(self, name: str, domain: str | None) -> Deferred[dict[str, Any]]:
+    def add_merchant(self, name: str, domain: str | None) -> Deferred[views.MerchantKey]:
         return self._run(merchants.add, name, domain)
 
-    def rotate_merchant_key(self, merchant_id: str) -> Deferred[dict[str, Any]]:
+    def rotate_merchant_key(self, merchant_id: str) -> Deferred[views.MerchantKey]:
         return self._run(merchants.rotate_key, merchant_id).addCallback(self._forget)
 
     def remove_merchant(self, merchant_id: str) -> Deferred[None]:
         return self._run(merchants.remove, merchant_id).addCallback(self._forget)
 
-    def list_merchants(self) -> Deferred[list[dict[str, Any]]]:
+    def list_merchants(self) -> Deferred[views.MerchantList]:
         return self.pool.run(merchants.listing)
 
     # ---- enrollment ---------------------------------------------------------------------------------
-    def enroll(self, fields: dict[str, Any], channel: str, actor: str) -> Deferred[dict[str, Any]]:
+    def enroll(self, fields: dict[str, Any], channel: str, actor: str) -> Deferred[views.Enrollment]:
         return self._then_call(self._run(enrollment.enroll, fields, channel, actor))
 
-    def enrollment_status(self, identifier: str) -> Deferred[dict[str, Any]]:
+    def enrollment_status(self, identifier: str) -> Deferred[views.Enrollment]:
         return self._run(enrollment.status, identifier)
 
-    def request_callback(self, identifier: str) -> Deferred[dict[str, Any]]:
+    def request_callback(self, identifier: str) -> Deferred[views.Enrollment]:
         return self._then_call(self._run(enrollment.request_callback, identifier))
 
-    def lock(self, identifier: str, locked: bool, reason: str = "") -> Deferred[dict[str, Any]]:
+    def lock(self, identifier: str, locked: bool, reason: str = "") -> Deferred[views.Lock]:
         return self._run(enrollment.lock, identifier, locked, reason)
 
     # ---- payments -----------------------------------------------------------------------------------
     def create_payment(
         self, merchant: MerchantAuth, body: dict[str, Any], idempotency_key: str | None
-    ) -> Deferred[tuple[int, dict[str, Any]]]:
+    ) -> Deferred[tuple[int, views.Payment]]:
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
-        async def attempt() -> tuple[int, dict[str, Any]]:
+        async def attempt() -> tuple[int, views.Payment]:
             for _ in range(2):
                 try:
                     return await self._run(payments.create, merchant, body, idempotency_key, digest)
@@ -203,31 +205,29 @@ class Core:
 
         return self._then_sms(Deferred.fromCoroutine(attempt()))
 
-    def get_payment(self, merchant: MerchantAuth, payment_id: str) -> Deferred[dict[str, Any]]:
+    def get_payment(self, merchant: MerchantAuth, payment_id: str) -> Deferred[views.Payment]:
         return self._run(payments.get, merchant, payment_id)
 
-    def confirm_payment(
-        self, merchant: MerchantAuth, payment_id: str, token: str
-    ) -> Deferred[dict[str, Any]]:
+    def confirm_payment(self, merchant: MerchantAuth, payment_id: str, token: str) -> Deferred[views.Payment]:
         return self._run(payments.confirm, merchant, payment_id, token)
 
-    def resend_payment(self, merchant: MerchantAuth, payment_id: str) -> Deferred[dict[str, Any]]:
+    def resend_payment(self, merchant: MerchantAuth, payment_id: str) -> Deferred[views.Payment]:
         return self._then_sms(self._run(payments.resend, merchant, payment_id))
 
-    def cancel_payment(self, merchant: MerchantAuth, payment_id: str) -> Deferred[dict[str, Any]]:
+    def cancel_payment(self, merchant: MerchantAuth, payment_id: str) -> Deferred[views.Payment]:
         return self._run(payments.cancel, merchant, payment_id)
 
     # ---- personal section ---------------------------------------------------------------------------
     def profile_challenge(self, identifier: str) -> Deferred[None]:
         return self._then_sms(self._run(profile.request_challenge, identifier))
 
-    def open_profile_session(self, identifier: str, token: str) -> Deferred[dict[str, Any]]:
+    def open_profile_session(self, identifier: str, token: str) -> Deferred[views.ProfileSession]:
         return self._run(profile.open_session, identifier, token)
 
-    def get_profile(self, session: str) -> Deferred[dict[str, Any]]:
+    def get_profile(self, session: str) -> Deferred[views.Profile]:
         return self._run(profile.get, session)
 
-    def update_profile(self, session: str, fields: dict[str, Any]) -> Deferred[dict[str, Any]]:
+    def update_profile(self, session: str, fields: dict[str, Any]) -> Deferred[views.Profile]:
         return self._then_call(self._then_sms(self._run(profile.update, session, fields)))
 
     # ---- operator status ----------------------------------------------------------------------------

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import audit
+from . import audit, views
 from .crypto import public_id, random_key
 from .errors import InvalidInput, NotFound
 from .models import Merchant
@@ -32,7 +31,7 @@ def key_digest(rules: Rules, key: str) -> str:
     return rules.vault.digest("merchant-key", key)
 
 
-def add(s: Session, rules: Rules, name: str, domain: str | None) -> dict[str, Any]:
+def add(s: Session, rules: Rules, name: str, domain: str | None) -> views.MerchantKey:
     name = name.strip()
     problems: dict[str, str] = {}
     if not 1 <= len(name) <= 200:
@@ -54,7 +53,7 @@ def add(s: Session, rules: Rules, name: str, domain: str | None) -> dict[str, An
     )
     s.add(merchant)
     audit.record(s, rules, "operator", "merchant.add", f"merchant:{merchant.id}", name=name)
-    return {"id": merchant.id, "name": name, "domain": domain, "api_key": key}
+    return views.MerchantKey(merchant.id, name, domain, key)
 
 
 def _active(s: Session, merchant_id: str) -> Merchant:
@@ -64,13 +63,13 @@ def _active(s: Session, merchant_id: str) -> Merchant:
     return merchant
 
 
-def rotate_key(s: Session, rules: Rules, merchant_id: str) -> dict[str, Any]:
+def rotate_key(s: Session, rules: Rules, merchant_id: str) -> views.MerchantKey:
     merchant = _active(s, merchant_id)
     key = random_key(KEY_PREFIX)
     merchant.key_digest = key_digest(rules, key)
     merchant.key_hint = key[: len(KEY_PREFIX) + 4]
     audit.record(s, rules, "operator", "merchant.rotate-key", f"merchant:{merchant_id}")
-    return {"id": merchant_id, "api_key": key}
+    return views.MerchantKey(merchant_id, merchant.name, merchant.domain, key)
 
 
 def remove(s: Session, rules: Rules, merchant_id: str) -> None:
@@ -82,19 +81,13 @@ def remove(s: Session, rules: Rules, merchant_id: str) -> None:
     audit.record(s, rules, "operator", "merchant.remove", f"merchant:{merchant_id}")
 
 
-def listing(s: Session) -> list[dict[str, Any]]:
+def listing(s: Session) -> views.MerchantList:
     rows = s.scalars(select(Merchant).where(Merchant.active).order_by(Merchant.created_at))
-    return [
-        {
-            "id": m.id,
-            "name": m.name,
-            "domain": m.domain,
-            "key_hint": m.key_hint + "…",
-            "suspended": m.suspended,
-            "created_at": m.created_at.isoformat(),
-        }
-        for m in rows
-    ]
+    return views.MerchantList(
+        tuple(
+            views.Merchant(m.id, m.name, m.domain, m.key_hint + "…", m.suspended, m.created_at) for m in rows
+        )
+    )
 
 
 def authenticate(s: Session, rules: Rules, key: str) -> MerchantAuth | None:

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import audit, budget, tokens
+from . import audit, budget, tokens, views
 from .crypto import random_key
 from .enrollment import schedule_call, validate_identity
 from .errors import InvalidInput, InvalidToken, RateLimited, SessionInvalid
@@ -46,7 +46,7 @@ def request_challenge(s: Session, rules: Rules, identifier: str) -> None:
     audit.record(s, rules, "cardholder", "profile.challenge", f"cardholder:{identifier}")
 
 
-def open_session(s: Session, rules: Rules, identifier: str, token: str) -> dict[str, Any]:
+def open_session(s: Session, rules: Rules, identifier: str, token: str) -> views.ProfileSession:
     holder = s.scalar(select(Cardholder).where(Cardholder.identifier == identifier).with_for_update())
     if not _usable(holder):
         raise InvalidToken("wrong or expired code")
@@ -82,7 +82,7 @@ def open_session(s: Session, rules: Rules, identifier: str, token: str) -> dict[
         )
     )
     audit.record(s, rules, "cardholder", "profile.session", f"cardholder:{identifier}")
-    return {"session": secret, "expires_in": int(rules.settings.profile.session_idle)}
+    return views.ProfileSession(secret, int(rules.settings.profile.session_idle))
 
 
 def _session_holder(s: Session, rules: Rules, secret: str) -> Cardholder:
@@ -110,23 +110,23 @@ def _masked_card(rules: Rules, holder: Cardholder) -> str | None:
     return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
 
 
-def _view(s: Session, rules: Rules, holder: Cardholder) -> dict[str, Any]:
-    return {
-        "identifier": holder.identifier,
-        "last_name": holder.last_name,
-        "first_name": holder.first_name,
-        "birth_date": holder.birth_date.isoformat(),
-        "mobile": holder.mobile,
-        "mobile_pending": holder.mobile_pending,
-        "card": _masked_card(rules, holder),
-    }
+def _view(s: Session, rules: Rules, holder: Cardholder) -> views.Profile:
+    return views.Profile(
+        identifier=holder.identifier,
+        last_name=holder.last_name,
+        first_name=holder.first_name,
+        birth_date=holder.birth_date,
+        mobile=holder.mobile,
+        mobile_pending=holder.mobile_pending,
+        card=_masked_card(rules, holder),
+    )
 
 
-def get(s: Session, rules: Rules, secret: str) -> dict[str, Any]:
+def get(s: Session, rules: Rules, secret: str) -> views.Profile:
     return _view(s, rules, _session_holder(s, rules, secret))
 
 
-def update(s: Session, rules: Rules, secret: str, fields: dict[str, Any]) -> dict[str, Any]:
+def update(s: Session, rules: Rules, secret: str, fields: dict[str, Any]) -> views.Profile:
     holder = _session_holder(s, rules, secret)
     if not fields:
         raise InvalidInput({"body": f"give at least one of {', '.join(EDITABLE)}"})
@@ -161,11 +161,6 @@ def _request_mobile_change(s: Session, rules: Rules, holder: Cardholder, new_mob
         s, rules, holder, CallKind.MOBILE_CHANGE, new_mobile, rules.settings.callback.first_call_delay
     )
     # The old number hears of the request: a stolen session cannot move the account silently.
-    tokens.queue_sms(
-        s,
-        rules,
-        holder,
-        "notice",
-        rules.settings.tokens.mobile_change_notice,
-        rules.now() + dt.timedelta(hours=24),
+    tokens.queue_notice(
+        s, rules, holder, rules.settings.tokens.mobile_change_notice, rules.now() + dt.timedelta(hours=24)
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import audit
+from . import audit, views
 from .errors import NotFound
 from .models import Cardholder, Merchant, ServiceState
 from .rules import Rules
@@ -18,12 +18,16 @@ def global_state(s: Session) -> tuple[bool, str]:
 
 def suspend(
     s: Session, rules: Rules, notice: str, cardholder: str | None = None, merchant: str | None = None
-) -> None:
+) -> views.Suspension:
     _set(s, rules, True, notice, cardholder, merchant)
+    return views.Suspension(True, notice, cardholder, merchant)
 
 
-def resume(s: Session, rules: Rules, cardholder: str | None = None, merchant: str | None = None) -> None:
+def resume(
+    s: Session, rules: Rules, cardholder: str | None = None, merchant: str | None = None
+) -> views.Suspension:
     _set(s, rules, False, "", cardholder, merchant)
+    return views.Suspension(False, "", cardholder, merchant)
 
 
 def _set(

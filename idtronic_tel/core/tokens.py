@@ -4,6 +4,7 @@ transaction) and checking (constant time, bound to purpose and payment)."""
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, func, insert, select
@@ -23,7 +24,7 @@ _RECENT = select(func.count(), func.min(_challenges.c.created_at)).where(
 )
 _INSERT_CHALLENGE = insert(_challenges).returning(_challenges.c.id)
 _INSERT_SMS = insert(cast(Table, SmsMessage.__table__))
-# What issue_core inserts (payments.py also builds one PostgreSQL statement from them).
+# What `store` inserts (payment_sql.py also builds one PostgreSQL statement from them).
 CHALLENGE_COLUMNS = (
     "cardholder_id",
     "purpose",
@@ -64,59 +65,64 @@ def check_rate(s: Session, rules: Rules, holder: Cardholder) -> None:
     refuse_over_rate(rules, count, oldest)
 
 
+@dataclass(frozen=True)
+class Bound:
+    """What a payment's token is bound to (docs/rules.md §2): it validates that payment only."""
+
+    payment_id: str
+    merchant_id: str
+    amount: int
+    currency: str
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """A token drawn: its challenge row and its queued SMS row (CHALLENGE_COLUMNS, SMS_COLUMNS)."""
+
+    challenge: dict[str, Any]
+    sms: dict[str, Any]
+
+    @property
+    def expires(self) -> dt.datetime:
+        return cast(dt.datetime, self.challenge["expires_at"])
+
+
 def issue(
     s: Session,
     rules: Rules,
     holder: Cardholder,
     purpose: str,
     text_for: TextTemplate,
-    payment_id: str | None = None,
-    merchant_id: str | None = None,
-    amount: int | None = None,
-    currency: str | None = None,
+    bound: Bound | None = None,
 ) -> dt.datetime:
     """Draw a token, store its digest, and queue its SMS, in the caller's transaction; returns the
     token's expiry."""
     check_rate(s, rules, holder)
-    challenge, sms = token_rows(
-        rules,
-        holder.id,
-        holder.mobile,
-        purpose,
-        text_for,
-        rules.now(),
-        payment_id,
-        merchant_id,
-        amount,
-        currency,
-    )
-    issue_core(s.connection(), challenge, sms)
-    return cast(dt.datetime, challenge["expires_at"])
+    drawn = draw(rules, holder.id, holder.mobile, purpose, text_for, rules.now(), bound)
+    store(s.connection(), drawn)
+    return drawn.expires
 
 
-def token_rows(
+def draw(
     rules: Rules,
     holder_id: int,
     mobile: str,
     purpose: str,
     text_for: TextTemplate,
     now: dt.datetime,
-    payment_id: str | None = None,
-    merchant_id: str | None = None,
-    amount: int | None = None,
-    currency: str | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Draw a token: the challenge row and its queued SMS row (CHALLENGE_COLUMNS, SMS_COLUMNS; the
-    SMS's challenge_id is the caller's to fill in)."""
+    bound: Bound | None = None,
+) -> Drawn:
+    """The one place a token is drawn: its rows, for `store` (or for a statement that writes more, see
+    payment_sql.write_creation). The caller has checked the rate."""
     token = random_digits(TOKEN_DIGITS)
     expires = now + dt.timedelta(seconds=rules.settings.tokens.lifetime)
     challenge = {
         "cardholder_id": holder_id,
         "purpose": purpose,
-        "payment_id": payment_id,
-        "merchant_id": merchant_id,
-        "amount": amount,
-        "currency": currency,
+        "payment_id": bound.payment_id if bound else None,
+        "merchant_id": bound.merchant_id if bound else None,
+        "amount": bound.amount if bound else None,
+        "currency": bound.currency if bound else None,
         "token_digest": token_digest(rules, purpose, token),
         "created_at": now,
         "expires_at": expires,
@@ -126,25 +132,38 @@ def token_rows(
         if rules.settings.voice_fallback.enabled
         else None,
     }
-    sms = {
+    payment_id = bound.payment_id if bound else None
+    sms = _sms_row(rules, holder_id, mobile, purpose, text_for(token), now, expires, payment_id)
+    return Drawn(challenge, sms)
+
+
+def store(conn: Connection, drawn: Drawn) -> None:
+    challenge_id = conn.execute(_INSERT_CHALLENGE, drawn.challenge).scalar_one()
+    conn.execute(_INSERT_SMS, {**drawn.sms, "challenge_id": challenge_id})
+
+
+def _sms_row(
+    rules: Rules,
+    holder_id: int | None,
+    destination: str,
+    purpose: str,
+    text: str,
+    now: dt.datetime,
+    expires: dt.datetime,
+    payment_id: str | None = None,
+) -> dict[str, Any]:
+    return {
         "cardholder_id": holder_id,
         "payment_id": payment_id,
         "purpose": purpose,
-        "destination": mobile,
-        "body_enc": rules.vault.encrypt("sms", text_for(token)),
+        "destination": destination,
+        "body_enc": rules.vault.encrypt("sms", text),
         "state": "queued",
         "in_doubt": False,
         "created_at": now,
         "expires_at": expires,
         "reason": "",
     }
-    return challenge, sms
-
-
-def issue_core(conn: Connection, challenge: dict[str, Any], sms: dict[str, Any]) -> None:
-    """Insert a challenge and its queued SMS (rows from `token_rows`; the caller has checked the rate)."""
-    challenge_id = conn.execute(_INSERT_CHALLENGE, challenge).scalar_one()
-    conn.execute(_INSERT_SMS, {**sms, "challenge_id": challenge_id})
 
 
 def refuse_over_rate(rules: Rules, count: int, oldest: dt.datetime | None) -> None:
@@ -168,30 +187,10 @@ class TextTemplate:
         return self._template.format(code=code, **self._fields)
 
 
-def queue_sms(
-    s: Session,
-    rules: Rules,
-    holder: Cardholder | None,
-    purpose: str,
-    text: str,
-    expires: dt.datetime,
-    payment_id: str | None = None,
-    challenge_id: int | None = None,
-    destination: str | None = None,
-) -> SmsMessage:
-    message = SmsMessage(
-        cardholder_id=holder.id if holder else None,
-        payment_id=payment_id,
-        challenge_id=challenge_id,
-        purpose=purpose,
-        destination=destination or (holder.mobile if holder else ""),
-        body_enc=rules.vault.encrypt("sms", text),
-        state="queued",
-        created_at=rules.now(),
-        expires_at=expires,
-    )
-    s.add(message)
-    return message
+def queue_notice(s: Session, rules: Rules, holder: Cardholder, text: str, expires: dt.datetime) -> None:
+    """An SMS that carries no token (a notice to the cardholder), queued like a token's."""
+    row = _sms_row(rules, holder.id, holder.mobile, "notice", text, rules.now(), expires)
+    s.connection().execute(_INSERT_SMS, {**row, "challenge_id": None})
 
 
 def live_challenge(challenge: Challenge, now: dt.datetime) -> bool:
