@@ -180,7 +180,7 @@ calling_hours = "00:00-24:00"
     identifiers: list[str] = []
     for start in range(0, cardholders, 100):
         identifiers += pool.run_blocking(_activate_batch, rules, range(start, min(start + 100, cardholders)))
-    api_key = pool.run_blocking(merchants.add, rules, "Boutique Bench", None)["api_key"]
+    api_key = pool.run_blocking(merchants.add, rules, "Boutique Bench", None).api_key
     return Setup(backend, url, workdir, config_file, data_dir, pool, rules, api_key, identifiers, pg_name)
 
 

@@ -148,7 +148,7 @@ def cluster(pg_url: str, tmp_path: Path) -> Iterator[Cluster]:
         _wait_ready(procs, urls, logs)
         rules = core_rules(config)
         added = pool.run_blocking(merchants.add, rules, "Boutique Concurrente", None)
-        yield Cluster(config, urls, pool, rules, added["api_key"])
+        yield Cluster(config, urls, pool, rules, added.api_key)
     finally:
         for proc in procs:
             proc.kill()
