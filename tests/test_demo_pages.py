@@ -25,6 +25,7 @@ from twisted.internet import reactor
 from webclient import WebClient
 
 from idtronic_tel.config_schema import AgiConfig, DatabaseConfig, DemoConfig, HttpConfig
+from idtronic_tel.core.views import wire
 from idtronic_tel.demo import DemoScenario, DemoService, make_service
 
 MOBILE = "06 99 88 77 66"
@@ -102,7 +103,7 @@ async def test_demo_phone_and_shop(demo: DemoService) -> None:
         assert (await web.submit(page, "keys-form", keys=key)).status == 303
 
     async def verdict() -> dict[str, Any] | None:
-        now = dict(await demo.daemon.core.enrollment_status(identifier))
+        now = wire(await demo.daemon.core.enrollment_status(identifier))
         return now if now["status"] in ("active", "failed") else None
 
     status = await until(verdict, 40, "the callback's verdict")
