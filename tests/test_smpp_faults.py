@@ -283,7 +283,9 @@ async def test_two_daemons_drain_one_outbox_and_one_callback_queue_each_item_onc
     """Two `idtronic-tel run` processes on one PostgreSQL database, both bound to the SMSC and logged in
     to the Asterisk emulator (this process; every callee busy), drain 300 queued SMS and 30 due
     enrollment callbacks together. The SMSC receives each SMS once, the emulator one Originate per
-    callback (its attempt id once), and both daemons did part of each."""
+    callback (its attempt id once), and both daemons did part of the SMS. The callbacks fall due at once
+    when both daemons are logged in, so both claim them concurrently; which daemon dials how many is up to
+    their polls (periodic: one may win every race), so only "each once, by these daemons" is asserted."""
     smsc = await started_smsc()
     secret = "ami-" + secrets.token_urlsafe(12)
     asterisk = AmiEmulatorFactory(
@@ -311,14 +313,12 @@ async def test_two_daemons_drain_one_outbox_and_one_callback_queue_each_item_onc
     daemons = [DaemonProcess(tmp_path, f"daemon{i}", config_file, tmp_path / "data") for i in (1, 2)]
     outbox = Outbox(pg_url)
     try:
-        await outbox.run(callbacks_due_in_turn, requests, None)  # none due until both daemons dial
+        await outbox.run(callbacks_due, requests, None)  # none due until both daemons can dial
         for daemon in daemons:
             daemon.start()
         await wait_for(lambda: outbox.settled(frozenset({"delivered"})), "300 SMS delivered", 90)
         await wait_for(lambda: asterisk.logins >= 2, "both daemons logged in to Asterisk")
-        # One after another, 0.1 s apart: a daemon claims what is due at its poll (every 0.2 s), so both
-        # get some (all due at once, whichever daemon polls first would claim them all in two rounds).
-        await outbox.run(callbacks_due_in_turn, requests, dt.datetime.now(dt.UTC))
+        await outbox.run(callbacks_due, requests, dt.datetime.now(dt.UTC))
         # Each request called once, busy, and waiting for its retry a minute later: no second call is due.
         await wait_for(
             lambda: outbox.run(callbacks_done, requests), "every callback placed and answered busy"
@@ -340,7 +340,7 @@ async def test_two_daemons_drain_one_outbox_and_one_callback_queue_each_item_onc
         len({v for variables in attempts for v in variables if v.startswith("IDTRONIC_CALLBACK=")})
         == CALLBACKS
     )
-    assert claimers == names
+    assert claimers and claimers <= names
 
 
 def enroll_many(url: str, config: Config, count: int) -> list[int]:
@@ -363,12 +363,10 @@ def enroll_many(url: str, config: Config, count: int) -> list[int]:
         pool.engine.dispose()
 
 
-def callbacks_due_in_turn(s: Any, requests: list[int], first: dt.datetime | None) -> None:
-    """The callbacks fall due 0.1 s apart from `first`; None: not for a day."""
-    start = first or dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
-    for i, request in enumerate(sorted(requests)):
-        when = start + dt.timedelta(seconds=0.1 * i)
-        s.execute(update(CallbackRequest).where(CallbackRequest.id == request).values(next_call_at=when))
+def callbacks_due(s: Any, requests: list[int], when: dt.datetime | None) -> None:
+    """The callbacks fall due at `when`; None: not for a day."""
+    when = when or dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    s.execute(update(CallbackRequest).where(CallbackRequest.id.in_(requests)).values(next_call_at=when))
 
 
 def callbacks_done(s: Any, requests: list[int]) -> bool:
