@@ -29,6 +29,7 @@ from .core.settings import CoreSettings
 from .ivr.agi_server import agi_endpoint, make_agi_factory
 from .ivr.ami_client import AmiClient
 from .ivr.dialer import CallbackDialer
+from .linkwatch import SAMPLE_SECONDS, LinkWatch
 from .listener import Listener
 from .smpp.service import SmppService, makeSmppService
 from .workers import gone_from_this_host, worker_name
@@ -147,7 +148,11 @@ def build(
         "fastagi", "FastAGI", "agi", agi_endpoint(reactor, config.agi), agi, daemon.fatal
     )
     more = more_routes(daemon) if more_routes is not None else []
-    router = build_router(core, daemon.links, daemon.listener_states, more)
+    watch = LinkWatch(reactor, ami, smpp)
+    TimerService(SAMPLE_SECONDS, watch.sample).setServiceParent(top)
+    router = build_router(
+        core, daemon.links, daemon.listener_states, more, watch.details, config.api.operator_key
+    )
     site = Front(ApiResource(core, router, config.http, config.api), config.http, reactor)
     http = serverFromString(reactor, config.http.listen)
     daemon.listeners["http"] = Listener(

@@ -336,6 +336,7 @@ Try it yourself: the daemon keeps running on {base} (Ctrl-C stops it). In a brow
   Enrollment          {base}/ (any mobile number, e.g. 06 12 34 56 78: it rings on the phone page; this
                       test card: first 8 digits {card[0]} on the form, last 8 digits {card[1]} on the phone)
   Personal section    {base}/profile
+  Operator console    {base}/admin (log in with the operator key: the file operator.key of the data directory)
   Demo merchant       {DEMO_MERCHANT} ({merchant["id"]}), API key {merchant["api_key"]}
   Demo cardholder     identification number {identifier}, mobile {DEMO_MOBILE}
   SMS                 every SMS the daemon sends is printed here, as a line "SMS <id> to {DEMO_MOBILE}: ..."

@@ -53,6 +53,7 @@ class ApiHarness:
         links: dict[str, Any] | None = None,
         clock: Callable[[], dt.datetime] | None = None,
         limiter_clock: Callable[[], float] = time.monotonic,
+        link_details: Callable[[], list[dict[str, Any]]] = list,
     ) -> None:
         """`clock`: the core's time (Rules); `limiter_clock`: the API rate limiters' time."""
         self.config = config
@@ -63,7 +64,12 @@ class ApiHarness:
         self.outbox = CoreSmsOutbox(self.core)
         self.calls = CoreCallbackQueue(self.core)
         self.ivr = CoreIvrGateway(self.core)
-        router = build_router(self.core, lambda: links or {"ami": "not configured", "smpp": "not configured"})
+        router = build_router(
+            self.core,
+            lambda: links or {"ami": "not configured", "smpp": "not configured"},
+            link_details=link_details,
+            operator_key=config.api.operator_key,
+        )
         self.resource = ApiResource(self.core, router, config.http, config.api, limiter_clock)
         self.site = Front(self.resource, config.http, reactor)
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")  # type: ignore[attr-defined]

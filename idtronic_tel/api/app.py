@@ -21,11 +21,21 @@ from .routing import Call, Reply, Route, Router
 
 Links = Callable[[], dict[str, Any]]
 Listeners = Callable[[], dict[str, str]]
+LinkDetails = Callable[[], list[dict[str, Any]]]
 
 
-def build_router(core: Core, links: Links, listeners: Listeners = dict, more: Sequence[Route] = ()) -> Router:
+def build_router(
+    core: Core,
+    links: Links,
+    listeners: Listeners = dict,
+    more: Sequence[Route] = (),
+    link_details: LinkDetails = list,
+    operator_key: str = "",
+) -> Router:
     """The routes, bound to the core; `links` and `listeners` give the state of the daemon's links
-    (AMI, SMPP binds) and listeners (HTTP, FastAGI) for health and status; `more`: the demo's pages."""
+    (AMI, SMPP binds) and listeners (HTTP, FastAGI) for health and status, `link_details` each link's
+    since-when, window and throughput for the operator's console, `operator_key` what opens it; `more`:
+    the demo's pages."""
 
     # ---- merchant ------------------------------------------------------------------------------------
     async def create_payment(call: Call) -> Reply:
@@ -212,7 +222,7 @@ def build_router(core: Core, links: Links, listeners: Listeners = dict, more: Se
         ),
         *admin.routes(core, links, listeners),
         Route("GET", "/v1/openapi.json", document, "none", "This document", {200: "object"}),
-        *pages.routes(core),
+        *pages.routes(core, link_details, tuple((r.template, r.nav) for r in more if r.nav), operator_key),
         *more,
     ]
     router = Router(routes)

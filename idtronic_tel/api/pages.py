@@ -10,7 +10,7 @@ import re
 from ..core.errors import Conflict, InvalidInput, NotFound
 from ..core.facade import Core
 from ..core.views import wire
-from . import french, profile_pages
+from . import admin_pages, french, profile_pages
 from .identity import NAMES, card_first8_field, identity_fields
 from .routing import Reply, Route
 from .web import Kit, Visit, alert, static_routes, tag
@@ -39,8 +39,15 @@ HELP = {
 }
 
 
-def routes(core: Core) -> list[Route]:
-    kit = Kit(core, NAV)
+def routes(
+    core: Core,
+    link_details: admin_pages.LinkDetails = list,
+    more_nav: tuple[tuple[str, str], ...] = (),
+    operator_key: str = "",
+) -> list[Route]:
+    """`more_nav`: (path, label) of other pages to link to (the demo's shop and phone); `operator_key`:
+    what opens the operator's console."""
+    kit = Kit(core, (*more_nav, *NAV))
 
     async def form_page(visit: Visit) -> Reply:
         return _enroll_page(visit, await visit.notice(), {}, {})
@@ -94,6 +101,7 @@ def routes(core: Core) -> list[Route]:
         kit.route("GET", "/enrollment/{identifier}", result, "page: enrollment result"),
         kit.route("POST", "/enrollment/{identifier}/callback", call_me, "page: ask for a new call"),
         *profile_pages.routes(core, kit),
+        *admin_pages.routes(core, link_details, operator_key),
         *static_routes(
             "idtronic_tel.api",
             {

@@ -53,6 +53,7 @@ class Route:
     suspendable: bool = False  # answers 503 while the service is suspended
     # The pages answer the API's own refusals (429 from `limited`) as a page, not as JSON.
     error_page: Callable[[ApiError], Reply] | None = None
+    nav: str = ""  # a page that every page links to: its label in the navigation (the demo's pages)
 
     @property
     def pattern(self) -> re.Pattern[str]:

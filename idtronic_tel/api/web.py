@@ -204,10 +204,16 @@ class Kit:
         self.nav = tuple(nav)
 
     def route(
-        self, method: str, path: str, handler: PageHandler, summary: str, limited: str | None = None
+        self,
+        method: str,
+        path: str,
+        handler: PageHandler,
+        summary: str,
+        limited: str | None = None,
+        nav: str = "",
     ) -> Route:
         """A page route. Posts count against the API's per-address limit (unless `limited` says
-        otherwise), answered as a page."""
+        otherwise), answered as a page. `nav`: its label when the other pages link to it."""
 
         async def run(call: Call) -> Reply:
             visit = Visit(call, self)
@@ -228,6 +234,7 @@ class Kit:
             {200: "html"},
             limited=("public" if method == "POST" else "") if limited is None else limited,
             error_page=self.error_page,
+            nav=nav,
         )
 
     def error_page(self, error: ApiError) -> Reply:
@@ -253,6 +260,7 @@ class Visit:
         self.kit = kit
         self.request = call.request
         self.cookies: list[str] = []
+        self._form: dict[str, str] | None = None
         browser = self.cookie(BROWSER_COOKIE)
         if browser is None:
             browser = secrets.token_urlsafe(24)
@@ -282,7 +290,9 @@ class Visit:
     # -- forms -----------------------------------------------------------------------------------------
     def form(self) -> dict[str, str]:
         """The posted fields (the last of repeated names wins); Refused unless well-formed and carrying
-        this browser's CSRF token."""
+        this browser's CSRF token. Parsed once per request."""
+        if self._form is not None:
+            return self._form
         kind = (self.request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
         if kind != _FORM.encode():
             raise Refused(415, "Ce formulaire doit être envoyé depuis la page.")
@@ -301,6 +311,7 @@ class Visit:
                 "Cette page a expiré ou ne vient pas de ce site : rechargez-la et recommencez "
                 "(votre navigateur doit accepter les cookies de ce site).",
             )
+        self._form = fields
         return fields
 
     def form_tag(self, action: str, *children: object, **attrs: object) -> Html:

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from . import callbacks, enrollment, merchants, outbox, payments, profile, suspension, views
+from . import activity, callbacks, enrollment, merchants, outbox, payments, profile, suspension, views
 from .db import DBPool
 from .errors import PaymentRefused
 from .merchants import MerchantAuth
@@ -233,6 +233,10 @@ class Core:
     # ---- operator status ----------------------------------------------------------------------------
     def counts(self) -> Deferred[dict[str, Any]]:
         return self.pool.run(_counts)
+
+    def activity(self, limit: int) -> Deferred[dict[str, list[dict[str, Any]]]]:
+        """The latest payments, SMS, callbacks and audit entries (the operator's console)."""
+        return self.pool.run(activity.recent, limit)
 
     def ping_database(self) -> Deferred[bool]:
         return self.pool.run(lambda s: s.scalar(select(1)) == 1)

@@ -73,7 +73,7 @@ def routes(kit: Kit, board: PhoneBoard) -> list[Route]:
         return visit.redirect(f"/demo/phone?numero={key}")
 
     return [
-        kit.route("GET", "/demo/phone", show, "demo page: handset simulator"),
+        kit.route("GET", "/demo/phone", show, "demo page: handset simulator", nav="Téléphone"),
         kit.route("POST", "/demo/phone/watch", watch, "demo: show a number's phone", limited=""),
         Route("GET", "/demo/phone/state", state, "public", "demo: the phone's state", {200: "object"}),
         *(
@@ -180,6 +180,15 @@ def _page(
     if key:
         body += [
             tag("h2", "Mobile ", tag("span", number_label(key), id="phone-number")),
+            tag(
+                "p",
+                "Ce téléphone est celui du titulaire de démonstration : il répond tout seul aux appels "
+                "(ils ne sont pas montrés ici). Pour vous inscrire, utilisez un autre numéro.",
+                class_="hint",
+                id="scripted",
+            )
+            if board.scripted(key)
+            else None,
             _call_panel(visit, state["call"]),
             _sms_list(state["sms"]),
         ]

@@ -133,12 +133,7 @@ def routes(kit: Kit, shop: Shop) -> list[Route]:
             basket.paid, basket.payment, basket.items = answer.body, None, {}
             return visit.redirect("/demo/shop/paid")
         if answer.error == "invalid_token" and answer.body.get("status") == "pending":
-            left = int(answer.body.get("attempts_remaining", 0))
-            expired = _expired(payment)
-            if expired:
-                message = "Ce code a expiré : demandez un nouveau code avec « Renvoyer le code »."
-            else:
-                message = f"Code incorrect. Il vous reste {left} essai{'s' if left > 1 else ''}."
+            message = wrong_code(answer.body, payment, dt.datetime.now(dt.UTC))
             return ask_code(visit, basket, message, status=422)
         if answer.error in ("invalid_token", "not_pending"):
             basket.payment = None
@@ -198,7 +193,7 @@ def routes(kit: Kit, shop: Shop) -> list[Route]:
         return visit.page(f"{TITLE} : paiement accepté", *body, here="/demo/shop")
 
     return [
-        kit.route("GET", "/demo/shop", show, "demo page: shop"),
+        kit.route("GET", "/demo/shop", show, "demo page: shop", nav="Boutique"),
         kit.route("POST", "/demo/shop/basket", change, "demo: basket", limited=""),
         kit.route("GET", "/demo/shop/checkout", checkout, "demo page: checkout"),
         kit.route("POST", "/demo/shop/checkout", pay, "demo: pay with id-tronic", limited=""),
@@ -239,9 +234,14 @@ def _plainly(answer: Answer) -> tuple[str, str | None]:
     return _TRY_AGAIN, None
 
 
-def _expired(payment: dict[str, Any]) -> bool:
+def wrong_code(refusal: dict[str, Any], payment: dict[str, Any], now: dt.datetime) -> str:
+    """What the shop says of a code refused while the payment is still pending: expired (the payment's
+    `expires_at` has passed: only a new code helps) or wrong (with the attempts left)."""
     try:
-        ends = dt.datetime.fromisoformat(str(payment.get("expires_at")))
+        expired = dt.datetime.fromisoformat(str(payment.get("expires_at"))) <= now
     except ValueError:
-        return False
-    return ends <= dt.datetime.now(dt.UTC)
+        expired = False
+    if expired:
+        return "Ce code a expiré : demandez un nouveau code avec « Renvoyer le code »."
+    left = int(refusal.get("attempts_remaining", 0))
+    return f"Code incorrect. Il vous reste {left} essai{'s' if left > 1 else ''}."

@@ -165,6 +165,10 @@ class PhoneBoard(HandsetDirectory):
         """Changes whenever a page showing a phone should change (a call's progress, a new SMS)."""
         return self.version + (len(self.smsc.messages) if self.smsc is not None else 0)
 
+    def scripted(self, key: str) -> bool:
+        """Whether the number's handset answers on its own (its calls are not shown)."""
+        return key in self._by_number
+
     def find(self, call_id: str) -> PhoneCall | None:
         return next((c for c in self.calls if c.id == call_id), None)
 

@@ -149,6 +149,7 @@ class SmppBind(MultiService):
         self.on_deliver = on_deliver
         self.name = config.name
         self.in_flight = 0
+        self.submitted = 0  # submit_sm written since start: the operator's console derives the TPS
         self.bucket = TokenBucket(config.max_tps, clock)
         self._listeners: list[Callable[[], None]] = []
         self._connections = [
@@ -199,6 +200,7 @@ class SmppBind(MultiService):
         result = protocol.submit_sm(fields)
         self.bucket.take()
         self.in_flight += 1
+        self.submitted += 1
 
         def done(outcome: object) -> object:
             # No changed() here: the caller decides what to send next once it has handled this outcome

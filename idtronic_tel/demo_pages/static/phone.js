@@ -5,6 +5,13 @@
 
 const STATE_MS = 1000;
 let sending = Promise.resolve();
+let timer = null;
+
+// The next look at the state, in `ms` (sooner after an action of the user's).
+function schedule(ms) {
+  clearTimeout(timer);
+  timer = setTimeout(follow, ms);
+}
 
 function phone() {
   return document.getElementById("phone");
@@ -20,6 +27,7 @@ function key(digit) {
   const form = document.getElementById("keys-form");
   if (!form || form.hidden) return;
   sending = sending.then(() => post(form, { keys: digit })).catch(() => undefined);
+  sending.then(() => schedule(150));
 }
 
 function setText(id, text) {
@@ -94,7 +102,7 @@ async function follow() {
   } catch (error) {
     // the daemon could not be reached: try again later
   }
-  setTimeout(follow, wait);
+  schedule(wait);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -112,7 +120,7 @@ document.addEventListener("DOMContentLoaded", () => {
     if (form) {
       form.addEventListener("submit", (event) => {
         event.preventDefault();
-        post(form).catch(() => undefined);
+        post(form).catch(() => undefined).then(() => schedule(150));
       });
     }
   }
@@ -125,5 +133,5 @@ document.addEventListener("DOMContentLoaded", () => {
       key(event.key);
     }
   });
-  setTimeout(follow, STATE_MS);
+  schedule(STATE_MS);
 });
