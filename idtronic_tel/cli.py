@@ -87,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     scope.add_argument("--merchant")
 
     commands.add_parser("status", help="links, queues and counts")
+    backup = commands.add_parser("backup", help="copy the SQLite database, daemon running or not")
+    backup.add_argument("destination", type=Path, help="a new file")
     from .simulators import smsc_command
 
     sim = commands.add_parser("smsc-sim", help="run the built-in SMSC simulator (dry runs, demos)")
@@ -122,6 +124,29 @@ def _done(d: Deferred[T]) -> T:
     if isinstance(result, Failure):
         result.raiseException()
     return result
+
+
+def _backup(url: str, destination: Path) -> dict[str, Any]:
+    """SQLite's online backup: a consistent copy while the daemon writes (pages are copied in steps, so
+    a writer waits at most one step). PostgreSQL is pg_dump's job (docs/operations.md)."""
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        raise Usage("backup copies an SQLite database file; for PostgreSQL use pg_dump (docs/operations.md)")
+    try:
+        destination.touch(mode=0o600, exist_ok=False)  # private from the start: it holds the card data
+    except FileExistsError:
+        raise Usage(f"{destination} exists: name a new file") from None
+    source, target = sqlite3.connect(parsed.database), sqlite3.connect(destination)
+    try:
+        source.backup(target, pages=1024)
+    finally:
+        source.close()
+        target.close()
+    return {"backup": str(destination), "bytes": destination.stat().st_size}
 
 
 def _print(value: Any) -> None:
@@ -190,6 +215,9 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         from .runner import run
 
         return run(config, demo=args.demo)
+    if args.command == "backup":
+        _print(_backup(config.database.url, args.destination))
+        return EXIT_OK
     core = _core(config)
     if args.command == "merchant":
         if args.verb == "add":

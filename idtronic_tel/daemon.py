@@ -127,6 +127,7 @@ def build(
     smpp = None
     if config.smpp.binds:
         smpp = makeSmppService(config.smpp, CoreSmsOutbox(core, gone_from_this_host), worker, reactor)
+        core.sms_taker = smpp.worker
         smpp.setServiceParent(top)
     ami = None
     if config.ami.secret:

@@ -241,6 +241,8 @@ class InProcess:
             reconnect_max_delay=1.0,
         )
         service = makeSmppService(config, outbox or self.outbox, worker, reactor, jitter=lambda: 0.0)
+        if outbox is None:
+            self.core.sms_taker = service.worker  # payments created here go to it, as in the daemon
         service.startService()
         self.services.append(service)
         return service

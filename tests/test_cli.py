@@ -125,3 +125,24 @@ def test_twistd_knows_the_plugin(tmp_path: Path) -> None:
         [str(twistd), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
     assert "idtronic" in listed.stdout
+
+
+def test_backup_copies_the_sqlite_database_privately(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    data = tmp_path / "data"
+    assert run(capsys, data, "migrate")[0] == 0
+    added = json.loads(run(capsys, data, "merchant", "add", "Boutique")[1])
+    copy = tmp_path / "copy.db"
+    code, out, _ = run(capsys, data, "backup", str(copy))
+    assert code == 0 and json.loads(out)["backup"] == str(copy)
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+    with sqlite3.connect(copy) as db:
+        assert db.execute("select id from merchants").fetchall() == [(added["id"],)]
+    code, _, err = run(capsys, data, "backup", str(copy))
+    assert code == 2 and "exists" in err  # never overwrites
+    env = {"IDTRONIC_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    code, _, err = run(capsys, data, "backup", str(tmp_path / "pg.db"), env=env)
+    assert code == 2 and "pg_dump" in err

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -12,14 +10,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import activity, callbacks, enrollment, merchants, outbox, payments, profile, suspension, views
 from .db import DBPool
-from .errors import PaymentRefused
+from .handoff import create_payment
 from .merchants import MerchantAuth
 from .models import CallbackRequest, Cardholder, Payment, SmsMessage
+from .outbox_batch import Batcher, Submitted, apply_receipts, mark_submitted_many
 from .ports import (
     CallbackJob,
     CallOutcome,
@@ -28,12 +26,12 @@ from .ports import (
     OutgoingSms,
     Recovered,
     SmsState,
+    SmsTaker,
     nobody,
 )
 from .rules import Rules
 from .states import CallbackState, EndReason
 
-log = Logger()
 T = TypeVar("T")
 
 _CACHE_SECONDS = 2.0  # other daemons' changes (key rotation, suspension) are seen within this delay
@@ -67,6 +65,7 @@ class Core:
         self.pool = pool
         self.rules = rules
         self.sms_signal = _Signal(reactor)
+        self.sms_taker: SmsTaker | None = None  # this process's SMPP worker: see core/handoff.py
         self.call_signal = _Signal(reactor)
         self._auth_cache: dict[str, tuple[float, MerchantAuth | None]] = {}
         self._suspension_cache: tuple[float, tuple[bool, str]] | None = None
@@ -186,24 +185,7 @@ class Core:
     def create_payment(
         self, merchant: MerchantAuth, body: dict[str, Any], idempotency_key: str | None
     ) -> Deferred[tuple[int, views.Payment]]:
-        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-        async def attempt() -> tuple[int, views.Payment]:
-            for _ in range(2):
-                try:
-                    return await self._run(payments.create, merchant, body, idempotency_key, digest)
-                except payments.IdempotentReplay:
-                    continue  # the concurrent twin committed: the second pass replays its answer
-                except PaymentRefused as refused:
-                    log.info(
-                        "payment refused for merchant {merchant}: cardholder {reason}",
-                        merchant=merchant.id,
-                        reason=refused.reason,
-                    )
-                    raise
-            raise AssertionError("an Idempotency-Key race did not resolve")
-
-        return self._then_sms(Deferred.fromCoroutine(attempt()))
+        return Deferred.fromCoroutine(create_payment(self, merchant, body, idempotency_key))
 
     def get_payment(self, merchant: MerchantAuth, payment_id: str) -> Deferred[views.Payment]:
         return self._run(payments.get, merchant, payment_id)
@@ -279,11 +261,22 @@ def _counts(s: Session) -> dict[str, Any]:
 
 
 class CoreSmsOutbox:
-    """ports.SmsOutbox on top of the core; `gone(name)` says which other workers are dead (recover)."""
+    """ports.SmsOutbox on top of the core; `gone(name)` says which other workers are dead (recover); its
+    most frequent writes are group-committed (outbox_batch.py)."""
 
     def __init__(self, core: Core, gone: Callable[[str], bool] = nobody) -> None:
         self._core = core
         self._gone = gone
+        self._submitted: Batcher[Submitted, None] = Batcher(
+            core.reactor,
+            lambda items: core._run(mark_submitted_many, items),
+            lambda item: core._run(outbox.mark_submitted, *item),
+        )
+        self._receipts: Batcher[tuple[str, str], bool] = Batcher(
+            core.reactor,
+            lambda items: core._run(apply_receipts, items),
+            lambda item: core._run(outbox.apply_receipt, *item),
+        )
 
     def claim(self, worker: str, limit: int, lease: float) -> Deferred[list[OutgoingSms]]:
         return self._core._run(outbox.claim, worker, limit, lease)
@@ -294,7 +287,7 @@ class CoreSmsOutbox:
     def mark_submitted(
         self, worker: str, sms_id: int, message_ids: list[str], bind: str, resends: int
     ) -> Deferred[None]:
-        return self._core._run(outbox.mark_submitted, worker, sms_id, message_ids, bind, resends)
+        return self._submitted((worker, sms_id, message_ids, bind, resends))
 
     def mark_retry(self, worker: str, sms_id: int, reason: str, resends: int) -> Deferred[None]:
         return self._core._run(outbox.mark_retry, worker, sms_id, reason, resends)
@@ -330,7 +323,7 @@ class CoreSmsOutbox:
         return d.addCallback(wake)
 
     def apply_receipt(self, message_id: str, state: str) -> Deferred[bool]:
-        return self._core._run(outbox.apply_receipt, message_id, state)
+        return self._receipts((message_id, state))
 
     def on_new_work(self, callback: Callable[[], None]) -> None:
         self._core.sms_signal.subscribe(callback)

@@ -119,6 +119,25 @@ class SmsOutbox(Protocol):
         """Call `callback` on the reactor thread whenever this process queued a message or resumed."""
 
 
+class SmsTaker(Protocol):
+    """This process's SMPP worker, taking the SMS of a payment created here straight after its commit
+    (core/handoff.py) instead of at its next claim."""
+
+    worker: str  # the name its claims carry
+
+    @property
+    def lease(self) -> float:
+        """Seconds a claim is leased for."""
+
+    def reserve(self) -> bool:
+        """Room for one more message (running, a bind up, claims under the bound windows): True holds that
+        room until deliver()."""
+
+    def deliver(self, sms: OutgoingSms | None, lease_base: float) -> None:
+        """The message claimed for it in the committed transaction that began at `lease_base` (its clock);
+        None (the create failed or claimed nothing) frees the room."""
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Callback queue (filled by the core; drained by ivr/ through AMI Originate)
 

@@ -35,8 +35,13 @@ class Ledger:
         self._sleep = sleep
         self._recorded = recorded
         self.jobs: set[Job] = set()  # claimed and not yet recorded
+        self.reserved = 0  # room held for messages handed over after a commit (smpp/handoff.py)
         self._recording: set[Deferred[None]] = set()
         self._idle_waiters: list[Deferred[None]] = []
+
+    def held(self) -> int:
+        """Messages claimed and not recorded, and those about to be handed over."""
+        return len(self.jobs) + self.reserved
 
     def when_idle(self) -> Deferred[None]:
         """Fires once every claimed message is recorded (or given up by a stopping worker)."""

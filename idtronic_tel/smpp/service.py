@@ -14,8 +14,8 @@ from twisted.internet.interfaces import IReactorTime
 from ..config_schema import SmppConfig
 from ..core.ports import SmsOutbox
 from .binds import BindRouter, EndpointFactory, SmppBind
+from .handoff import HandoffWorker
 from .receipts import ReceiptHandler, SubmissionTracker
-from .worker import OutboxWorker
 
 
 class SmppService(MultiService):
@@ -23,7 +23,7 @@ class SmppService(MultiService):
     wrote), then unbinds every bind. MultiService would stop them all at once, and an unbind racing
     outstanding submits would make them go out a second time."""
 
-    def __init__(self, binds: list[SmppBind], worker: OutboxWorker) -> None:
+    def __init__(self, binds: list[SmppBind], worker: HandoffWorker) -> None:
         super().__init__()
         self.binds = binds
         self.router = worker.router
@@ -72,7 +72,7 @@ def makeSmppService(
         for bind in config.binds
     ]
     router = BindRouter(binds)
-    worker_service = OutboxWorker(
+    worker_service = HandoffWorker(
         outbox,
         router,
         clock,

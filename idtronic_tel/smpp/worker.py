@@ -206,7 +206,7 @@ class OutboxWorker(Service):
         if free < self._claim_batch():
             return  # parts are in flight: their responses call _claim again
         windows = sum(bind.window for bind in self.router.binds if bind.bound)
-        limit = min(free - sum(len(job.todo) for job in self._queue), windows - len(self._ledger.jobs))
+        limit = min(free - sum(len(job.todo) for job in self._queue), windows - self._ledger.held())
         if limit <= 0 or (limit < self._claim_batch() and self._ledger.jobs):
             return  # records are late, or too few: each one that lands calls _claim again
         self._move(PhaseEvent.CLAIM)

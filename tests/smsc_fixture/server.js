@@ -5,11 +5,20 @@
 // Usage: node server.js [--port 0] [--system-id test] [--password secret] [--receipt-delay MS]
 //        [--receipt-status DELIVRD] [--submit-delay MS] [--throttle-every N] [--close-after N]
 //        [--close-connections K] [--accept-on-receipt 1] [--storm-at N] [--storm-length M]
-//        [--storm-every P] [--storm-count C] [--first-id N] [--quiet 1]
+//        [--storm-every P] [--storm-count C] [--first-id N] [--quiet 1] [--record PATH]
+//        [--receipts-on-submitter 1]
 // Prints JSON lines on stdout: {"event":"listening","port":P} first, then one line per bind, per
 // accepted submit_sm (without the message text: only its length, coding, UDH and destination, and `time`,
 // the acceptance in ms since the epoch) and per closed session. A receipt answered with an error status is
 // delivered again 200 ms later; one left unanswered by a closed session, after the next bind.
+//
+// For the end-to-end bench (bench/e2e_bench.py):
+// --record PATH             append one JSON line per accepted submit_sm to PATH, with the message text (the
+//                           bench's merchants confirm with the codes the SMSC received):
+//                           {"e":"s","id":ID,"t":epoch ms (fractional),"d":destination,"x":text}, and one per
+//                           receipt the client acknowledged with status 0: {"e":"r","id":ID}.
+// --receipts-on-submitter 1 deliver a receipt on the session that submitted the message while it is open
+//                           (as operators do), not on the first bound receiver.
 //
 // Fault controls:
 // --submit-delay MS         answer each submit_sm after MS milliseconds.
@@ -45,6 +54,8 @@ const options = {
   stormCount: 0,
   firstId: 9001,
   quiet: 0,
+  record: '',
+  receiptsOnSubmitter: 0,
 };
 const argv = process.argv.slice(2);
 for (let i = 0; i < argv.length; i += 2) {
@@ -77,6 +88,9 @@ let connectionsClosed = 0;
 const receivers = []; // bound sessions able to take deliver_sm (transceiver / receiver)
 const pendingReceipts = [];
 
+const { performance } = require('perf_hooks');
+const record = options.record ? require('fs').createWriteStream(options.record, { flags: 'a' }) : null;
+
 function emit(event) {
   if (!options.quiet || event.event === 'listening') {
     process.stdout.write(JSON.stringify(event) + '\n');
@@ -92,8 +106,9 @@ function smppDate(d) {
     pad(d.getUTCHours()) + pad(d.getUTCMinutes());
 }
 
-function sendReceipt(receipt) {
-  const session = receivers.find((s) => !s.closed);
+function sendReceipt(receipt, submitter) {
+  const session = submitter && !submitter.closed && receivers.includes(submitter)
+    ? submitter : receivers.find((s) => !s.closed);
   if (!session) {
     pendingReceipts.push(receipt);
     return;
@@ -106,6 +121,8 @@ function sendReceipt(receipt) {
     if (resp.command_status !== 0) {
       emit({ event: 'receipt_refused', status: resp.command_status });
       setTimeout(() => sendReceipt(receipt), 200);
+    } else if (record) {
+      record.write(JSON.stringify({ e: 'r', id: receipt.receipted_message_id }) + '\n');
     }
   });
 }
@@ -207,6 +224,11 @@ const server = smpp.createServer(function (session) {
         udh: udh ? Buffer.from(udh).toString('hex') : null,
         length: raw ? raw.length : (typeof message === 'string' ? message.length : 0),
       });
+      if (record) {
+        const text = typeof message === 'string' ? message : Buffer.from(raw || message || '').toString('latin1');
+        const t = performance.timeOrigin + performance.now();
+        record.write(JSON.stringify({ e: 's', id, t, d: pdu.destination_addr, x: text }) + '\n');
+      }
       return id;
     };
     const deliver = (id) => {
@@ -227,10 +249,11 @@ const server = smpp.createServer(function (session) {
         receipted_message_id: id,
         message_state: MESSAGE_STATE[stat] || 7,
       };
+      const submitter = options.receiptsOnSubmitter ? session : null;
       if (options.receiptDelay) {
-        setTimeout(() => sendReceipt(receipt), options.receiptDelay);
+        setTimeout(() => sendReceipt(receipt, submitter), options.receiptDelay);
       } else {
-        sendReceipt(receipt);
+        sendReceipt(receipt, submitter);
       }
     };
     const later = (fn) => (options.submitDelay ? setTimeout(fn, options.submitDelay) : fn());
@@ -254,4 +277,4 @@ const server = smpp.createServer(function (session) {
 server.listen(options.port, '127.0.0.1', () => {
   emit({ event: 'listening', port: server.address().port });
 });
-process.on('SIGTERM', () => process.exit(0));
+process.on('SIGTERM', () => (record ? record.end(() => process.exit(0)) : process.exit(0)));
