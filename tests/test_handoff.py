@@ -27,11 +27,11 @@ def test_create_claims_its_sms_for_the_worker_and_a_crash_sends_it_again(core, c
     sent_tokens(core)  # nothing else queued
     body = {**BODY, "identifier": identifier}
     status, answer, sms = core(handoff.create_claimed, shop, body, "key-1", "digest", "w1", 40.0)
-    assert status == 201 and answer.sms == "queued"
+    assert status == 201 and answer["sms"] == "queued"
     assert sms is not None and sms.destination == "+33611223344" and sms.purpose == "payment"
     assert re.search(r"code \d{6} pour payer 49,90 EUR", sms.text)
     row = _row(core, sms.sms_id)
-    assert (row.state, row.claimed_by, row.payment_id) == ("sending", "w1", answer.id)
+    assert (row.state, row.claimed_by, row.payment_id) == ("sending", "w1", answer["id"])
     assert (row.lease_until - row.claimed_at).total_seconds() == 40.0
     assert core(outbox.claim, "w2", 10, 40.0) == []  # claimed once
     # The same request again (Idempotency-Key): the same answer, nothing new to hand over.
