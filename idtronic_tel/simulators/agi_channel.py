@@ -69,6 +69,7 @@ class EmulatedAgiChannel(LineOnlyReceiver):
         self._line_waiter: Deferred[bytes | None] | None = None
         self._waiter: _Waiter | None = None
         self._busy = False
+        self.wanted_keys = ""  # the digits the running command acts on (a person sees whether to key)
         self._script: Deferred[None] | None = None
         self._serve: Deferred[None] | None = None
         self._leak_timer: DelayedCall | None = None
@@ -119,7 +120,7 @@ class EmulatedAgiChannel(LineOnlyReceiver):
 
     @property
     def listening(self) -> bool:
-        return not self.dead and self._waiter is not None and self._waiter.dtmf
+        return not self.dead and bool(self.wanted_keys) and self._waiter is not None and self._waiter.dtmf
 
     def press(self, digit: str) -> None:
         if not self.dead and not self.closed:
@@ -252,6 +253,7 @@ class EmulatedAgiChannel(LineOnlyReceiver):
                 log.failure("Asterisk emulator: command failed")
             finally:
                 self._busy = False
+                self.wanted_keys = ""
             if self.dead and not self.notice_sent and not self.closed:
                 await self.sleep(self.options.notice_delay)
                 self._send_notice()

@@ -57,6 +57,7 @@ ALLOWED_WHEN_DEAD = frozenset(
     {"EXEC", "GET FULL VARIABLE", "GET VARIABLE", "NOOP", "SET VARIABLE", "VERBOSE"}
 )
 
+ANY_KEY = "0123456789*#ABCD"
 REPLY_510 = b"510 Invalid or unknown command\n"
 REPLY_511 = b"511 Command Not Permitted on a dead channel or intercept routine\n"
 USAGE_FIRST = b"520-Invalid command syntax.  Proper usage follows:\n"
@@ -86,6 +87,7 @@ class Line(Protocol):
     dead: bool  # the channel hung up
     failed: bool  # a command failed on a live channel: AGISTATUS=FAILURE
     closed: bool
+    wanted_keys: str  # the digits the running command acts on
 
     def now(self) -> float: ...
     def playing(self, what: str) -> None: ...
@@ -236,6 +238,7 @@ class AgiCommands:
             self.ch.reply("result=-1 endpos=0")
             return
         offset = min(int(args[2]) if len(args) == 3 and args[2].isdigit() else 0, length)
+        self.ch.wanted_keys = escape
         self.ch.playing(name)
         start = self.ch.now()
         while True:
@@ -268,6 +271,7 @@ class AgiCommands:
         if prompt is None:
             self.ch.reply("result=-1")  # ast_streamfile failed: at once, the channel lives on
             return
+        self.ch.wanted_keys = ANY_KEY
         if args[0]:
             self.ch.playing(args[0])
         wake, digit = await self.ch.wait(prompt / SAMPLE_RATE, dtmf=True)
@@ -294,6 +298,7 @@ class AgiCommands:
         if len(args) != 2:
             raise BadArguments
         text, escape = args
+        self.ch.wanted_keys = escape
         self.ch.playing(f"digits:{text}")
         for _ in text:
             end = self.ch.now() + self.ch.options.say_digit_seconds
@@ -315,6 +320,7 @@ class AgiCommands:
         if len(args) != 1 or not args[0].lstrip("-").isdigit():
             raise BadArguments
         timeout_ms = int(args[0])
+        self.ch.wanted_keys = ANY_KEY
         wake, digit = await self.ch.wait(None if timeout_ms < 0 else timeout_ms / 1000, dtmf=True)
         if wake is Wake.DIGIT:
             self.ch.reply(f"result={ord(digit)}")
