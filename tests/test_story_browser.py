@@ -272,11 +272,13 @@ def readable_at_360(page: StoryPage) -> None:
 
 
 def bind_down(page: StoryPage) -> None:
-    page.open("/admin")
-    page.until(
-        lambda: page.find("[data-link=demo-smsc]").text == "coupé" or page.driver.refresh(),
-        "the SMPP bind to show down",
-    )
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def down(driver: Any) -> bool:
+        page.open("/admin")  # the console is not live: the operator reloads it, here once a second
+        return bool(page.find("[data-link=demo-smsc]").text == "coupé")
+
+    WebDriverWait(page.driver, 40, poll_frequency=1.0).until(down, "the SMPP bind to show down")
     page.keep("bind-down")
 
 
