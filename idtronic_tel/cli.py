@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--demo", action="store_true", help="start the built-in SMSC and Asterisk simulators too"
     )
+    # Set by worker 0 when it starts the other workers ([daemon] workers, supervisor.py); not for operators.
+    run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--workers", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--parent", type=int, help=argparse.SUPPRESS)
     commands.add_parser("migrate", help="bring the database schema up to date")
 
     merchant = commands.add_parser("merchant", help="manage merchants")
@@ -182,7 +186,7 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         return smsc_command.run(args)
     try:
         config = _config(args, environ)
-        return _dispatch(args, config)
+        return _dispatch(args, config, list(sys.argv[1:] if argv is None else argv))
     except ConfigError as exc:
         sys.stderr.write(f"idtronic-tel: configuration error: {exc}\n")
         return EXIT_USAGE
@@ -202,7 +206,7 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         return EXIT_FAILURE
 
 
-def _dispatch(args: argparse.Namespace, config: Config) -> int:
+def _dispatch(args: argparse.Namespace, config: Config, argv: list[str]) -> int:
     from .core.views import wire
 
     if args.command == "migrate":
@@ -214,7 +218,10 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if args.command == "run":
         from .runner import run
 
-        return run(config, demo=args.demo)
+        worker = None
+        if args.worker_index is not None:
+            worker = (args.worker_index, args.workers, args.parent)
+        return run(config, demo=args.demo, argv=argv, worker=worker)
     if args.command == "backup":
         _print(_backup(config.database.url, args.destination))
         return EXIT_OK

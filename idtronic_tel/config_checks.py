@@ -50,6 +50,15 @@ def seconds(low: float, high: float, why: str = "") -> Between:
     return Between(low, high, "seconds", why)
 
 
+MAX_WORKERS = 64
+
+
+def workers(value: Any) -> str | None:
+    if value == "auto" or (isinstance(value, int) and 1 <= value <= MAX_WORKERS):
+        return None
+    return f'must be "auto" (one per core) or an integer between 1 and {MAX_WORKERS}'
+
+
 def positive_up_to(high: float, unit: str) -> Check:
     def check(value: Any) -> str | None:
         return None if 0 < value <= high else f"must be greater than 0 and at most {_num(high)} {unit}"

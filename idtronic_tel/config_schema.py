@@ -30,6 +30,7 @@ from .config_checks import (
     secret,
     template,
     timezone,
+    workers,
 )
 
 
@@ -42,6 +43,12 @@ def setting(default: Any, check: Check | None = None, *, hidden: bool = False) -
 _PAYMENT_FIELDS = frozenset({"code", "amount", "currency", "merchant", "minutes"})
 _ASTERISK_NAME = r"[A-Za-z0-9_.+-]{1,79}"
 _TON, _NPI = "SMPP 3.4 TON", "SMPP 3.4 NPI"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    # Processes of this daemon (workers.py): an integer, or "auto" for one per core.
+    workers: int | str = setting(1, workers)
 
 
 @dataclass(frozen=True)
@@ -243,6 +250,7 @@ class DemoConfig:
 @dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("idtronic-data")
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     api: ApiConfig = field(default_factory=ApiConfig)

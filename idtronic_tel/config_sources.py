@@ -34,7 +34,14 @@ KEY_FILE_KEYS = ("data_key_file", "hmac_key_file")  # [keys]: the keys come from
 _HIDDEN = frozenset(
     f.name for cls in (*SECTIONS.values(), SmppBindConfig) for f in fields(cls) if f.metadata.get("hidden")
 )
-_KINDS: dict[Any, str] = {str: "str", int: "int", float: "float", bool: "bool", tuple[str, ...]: "list"}
+_KINDS: dict[Any, str] = {
+    str: "str",
+    int: "int",
+    float: "float",
+    bool: "bool",
+    tuple[str, ...]: "list",
+    int | str: "int_or_str",  # daemon.workers: 2 or "auto"
+}
 
 
 @functools.cache
@@ -107,6 +114,7 @@ _TYPE_PROBLEMS = {
     "float": "must be a number",
     "bool": "must be true or false",
     "list": "must be a list of strings",
+    "int_or_str": "must be an integer or a string",
 }
 _ENV_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
@@ -121,6 +129,8 @@ def _convert(kind: str, value: Any) -> Any:
         return None
     if kind == "int":
         return value if isinstance(value, int) else None
+    if kind == "int_or_str":
+        return value if isinstance(value, int | str) else None
     if kind == "float":
         return float(value) if isinstance(value, int | float) else None
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
@@ -133,6 +143,8 @@ def _parse_env(kind: str, text: str) -> Any:
     try:
         if kind == "int":
             return int(text.strip())
+        if kind == "int_or_str":
+            return int(text.strip()) if text.strip().isdigit() else text.strip()
         if kind == "float":
             return float(text.strip())
     except ValueError:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -32,6 +32,7 @@ from .ivr.dialer import CallbackDialer
 from .linkwatch import SAMPLE_SECONDS, LinkWatch
 from .listener import Listener
 from .smpp.service import SmppService, makeSmppService
+from .supervisor import LISTENER_FD, InheritedEndpoint, Role
 from .workers import gone_from_this_host, worker_name
 
 log = Logger()
@@ -97,9 +98,11 @@ def build(
     check: bool = True,
     on_fatal: Callable[[str], None] | None = None,
     more_routes: MoreRoutes | None = None,
+    role: Role = Role(),
 ) -> Daemon:
     """Every service of the daemon, not started. A new SQLite database gets the schema; any other that
-    is not at the newest revision raises SchemaOutOfDate. `more_routes`: the demo's pages."""
+    is not at the newest revision raises SchemaOutOfDate. `more_routes`: the demo's pages. `role`: which
+    worker process this is (supervisor.py); workers other than 0 serve HTTP and their share of the binds."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
@@ -109,7 +112,7 @@ def build(
     sqlite = config.database.url.startswith("sqlite")
     threads = 1 if sqlite else config.database.pool_threads
     engine = make_engine(config.database.url, pool_size=threads)
-    if check:
+    if check and role.first:
         # The embedded default starts on an empty data directory. PostgreSQL, shared by several daemons,
         # is migrated by the operator (`idtronic-tel migrate`), never by whichever daemon starts first.
         if sqlite and is_empty(engine):
@@ -122,15 +125,17 @@ def build(
     pool = DBPool(reactor, engine, threads)
     core = Core(reactor, pool, core_rules(config))
     top = MultiService()
-    worker = worker_name(config.smpp.worker)
+    worker = worker_name(role.name(config.smpp.worker))
 
     smpp = None
-    if config.smpp.binds:
-        smpp = makeSmppService(config.smpp, CoreSmsOutbox(core, gone_from_this_host), worker, reactor)
+    binds = role.share(config.smpp.binds)
+    if binds:  # a worker without a bind claims no SMS: the workers with one poll the outbox
+        smpp_config = replace(config.smpp, binds=binds)
+        smpp = makeSmppService(smpp_config, CoreSmsOutbox(core, gone_from_this_host), worker, reactor)
         core.sms_taker = smpp.worker
         smpp.setServiceParent(top)
     ami = None
-    if config.ami.secret:
+    if config.ami.secret and role.first:
         ami = AmiClient(clientFromString(reactor, config.ami.endpoint), config.ami, clock=reactor)
         ami.setServiceParent(top)
         dialer = CallbackDialer(
@@ -144,22 +149,35 @@ def build(
         dialer.setServiceParent(top)
     daemon = Daemon(top, core, pool, smpp, ami, on_fatal=on_fatal)
 
-    agi = make_agi_factory(reactor, config.agi, CoreIvrGateway(core), config.callback, config.voice_fallback)
-    daemon.listeners["fastagi"] = Listener(
-        "fastagi", "FastAGI", "agi", agi_endpoint(reactor, config.agi), agi, daemon.fatal
-    )
+    if role.first:
+        agi = make_agi_factory(
+            reactor, config.agi, CoreIvrGateway(core), config.callback, config.voice_fallback
+        )
+        daemon.listeners["fastagi"] = Listener(
+            "fastagi", "FastAGI", "agi", agi_endpoint(reactor, config.agi), agi, daemon.fatal
+        )
     more = more_routes(daemon) if more_routes is not None else []
     watch = LinkWatch(reactor, ami, smpp)
     TimerService(SAMPLE_SECONDS, watch.sample).setServiceParent(top)
     router = build_router(
-        core, daemon.links, daemon.listener_states, more, watch.details, config.api.operator_key
+        core,
+        daemon.links,
+        daemon.listener_states,
+        more,
+        watch.details,
+        config.api.operator_key,
+        role.describe,
     )
     site = Front(ApiResource(core, router, config.http, config.api), config.http, reactor)
-    http = serverFromString(reactor, config.http.listen)
+    http = (
+        serverFromString(reactor, config.http.listen)
+        if role.first
+        else InheritedEndpoint(reactor, LISTENER_FD, config.http.listen)
+    )
     daemon.listeners["http"] = Listener(
         "http", "HTTP API", _scheme(config.http.listen), http, site, daemon.fatal
     )
-    if config.http.metrics_listen:
+    if config.http.metrics_listen and role.first:
         metrics = serverFromString(reactor, config.http.metrics_listen)
         daemon.listeners["metrics"] = Listener(
             "metrics",
@@ -171,7 +189,8 @@ def build(
         )
     for listener in daemon.listeners.values():
         listener.setServiceParent(top)
-    TimerService(HOUSEKEEPING_SECONDS, _housekeeping, core).setServiceParent(top)
+    if role.first:
+        TimerService(HOUSEKEEPING_SECONDS, _housekeeping, core).setServiceParent(top)
     return daemon
 
 
@@ -210,7 +229,9 @@ class DaemonService(MultiService):
         return d.addBoth(stop_pool)
 
 
-def make_service(config: Config, reactor: Any = None, more_routes: MoreRoutes | None = None) -> DaemonService:
+def make_service(
+    config: Config, reactor: Any = None, more_routes: MoreRoutes | None = None, role: Role = Role()
+) -> DaemonService:
     """The daemon as one service (for twistd and `idtronic-tel run`; `demo.make_service` wraps it with
     simulated peers and its pages); a fatal problem stops the reactor."""
     if reactor is None:
@@ -222,6 +243,7 @@ def make_service(config: Config, reactor: Any = None, more_routes: MoreRoutes | 
         reactor,
         on_fatal=lambda reason: reactor.callWhenRunning(reactor.stop),
         more_routes=more_routes,
+        role=role,
     )
     root = DaemonService(daemon)
     for child in list(daemon.service):

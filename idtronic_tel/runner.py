@@ -23,6 +23,7 @@ from twisted.logger import (
 from zope.interface import implementer
 
 from .config_schema import Config
+from .supervisor import Role, Supervisor, die_with_parent, worker_count
 
 if TYPE_CHECKING:
     from .daemon import DaemonService
@@ -81,7 +82,7 @@ def start_logging(level: LogLevel = LogLevel.info, stream: IO[str] | None = None
     globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, predicates)], redirectStandardIO=False)
 
 
-def make_service(config: Config, reactor: Any = None) -> DaemonService | DemoService:
+def make_service(config: Config, reactor: Any = None, role: Role = Role()) -> DaemonService | DemoService:
     """The daemon's service; with `[demo] enabled`, wrapped with its simulated peers (the production
     assembly, daemon.py, imports no simulator)."""
     if config.demo.enabled:
@@ -90,17 +91,32 @@ def make_service(config: Config, reactor: Any = None) -> DaemonService | DemoSer
         return make_demo_service(config, reactor)
     from .daemon import make_service as make_daemon_service
 
-    return make_daemon_service(config, reactor)
+    return make_daemon_service(config, reactor, role=role)
 
 
-def run(config: Config, demo: bool = False) -> int:
+def run(
+    config: Config,
+    demo: bool = False,
+    argv: list[str] | None = None,
+    worker: tuple[int, int, int] | None = None,
+) -> int:
+    """`argv`: the command line (from its options on), for worker 0 to start the other workers with;
+    `worker`: (index, count, parent pid) in a worker that worker 0 started."""
     from dataclasses import replace
 
     from twisted.internet import reactor
 
     if demo:
         config = replace(config, demo=replace(config.demo, enabled=True))
-    service = make_service(config, reactor)  # raises SchemaOutOfDate before anything listens
+    if worker is not None:
+        die_with_parent(worker[2])
+        role = Role(worker[0], worker[1])
+    else:  # the demo's simulated peers live in its one process
+        role = Role(0, 1 if config.demo.enabled else worker_count(config.daemon.workers))
+    service = make_service(config, reactor, role)  # raises SchemaOutOfDate before anything listens
+    if role.first and role.count > 1:
+        http = service.daemon.listeners["http"]
+        Supervisor(reactor, argv or [], role.count, http).setServiceParent(service)  # started last
     start_logging()
     failed: list[BaseException] = []
 

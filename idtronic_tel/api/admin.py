@@ -15,9 +15,10 @@ from .routing import Call, Reply, Route
 
 Links = Callable[[], dict[str, Any]]
 Listeners = Callable[[], dict[str, str]]
+Process = Callable[[], dict[str, int]]
 
 
-def routes(core: Core, links: Links, listeners: Listeners) -> list[Route]:
+def routes(core: Core, links: Links, listeners: Listeners, process: Process | None = None) -> list[Route]:
     # ---- operator ------------------------------------------------------------------------------------
     async def add_merchant(call: Call) -> Reply:
         return Reply(201, wire(await core.add_merchant(call.body["name"], call.body.get("domain"))))
@@ -76,6 +77,8 @@ def routes(core: Core, links: Links, listeners: Listeners) -> list[Route]:
         # 503 only when the database does not answer: a link down leaves the daemon able to serve.
         status = "ok" if database and not down else ("degraded" if database else "down")
         body = {"database": "up" if database else "down", "listeners": listening, "links": linked}
+        if process is not None:
+            body["worker"] = process()
         return Reply(200 if database else 503, {"status": status, **body})
 
     async def metrics(call: Call) -> Reply:

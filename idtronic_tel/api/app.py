@@ -31,11 +31,12 @@ def build_router(
     more: Sequence[Route] = (),
     link_details: LinkDetails = list,
     operator_key: str = "",
+    process: admin.Process | None = None,
 ) -> Router:
     """The routes, bound to the core; `links` and `listeners` give the state of the daemon's links
     (AMI, SMPP binds) and listeners (HTTP, FastAGI) for health and status, `link_details` each link's
     since-when, window and throughput for the operator's console, `operator_key` what opens it; `more`:
-    the demo's pages."""
+    the demo's pages; `process`: which worker process answers (/healthz `worker`)."""
 
     # ---- merchant ------------------------------------------------------------------------------------
     async def create_payment(call: Call) -> Reply:
@@ -220,7 +221,7 @@ def build_router(
             limited="public",
             suspendable=True,
         ),
-        *admin.routes(core, links, listeners),
+        *admin.routes(core, links, listeners, process),
         Route("GET", "/v1/openapi.json", document, "none", "This document", {200: "object"}),
         *pages.routes(core, link_details, tuple((r.template, r.nav) for r in more if r.nav), operator_key),
         *more,

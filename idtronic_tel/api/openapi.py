@@ -97,6 +97,14 @@ SCHEMAS: dict[str, Any] = {
             "database": {"enum": ["up", "down"]},
             "listeners": {"type": "object", "additionalProperties": {"enum": ["up", "down"]}},
             "links": {"type": "object"},
+            "worker": {
+                "type": "object",
+                "properties": {
+                    "index": {"type": "integer"},
+                    "pid": {"type": "integer"},
+                    "workers": {"type": "integer"},
+                },
+            },
         },
     },
 }
