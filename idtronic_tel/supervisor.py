@@ -20,7 +20,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,7 +111,7 @@ class _Child(ProcessProtocol):
     def __init__(self, supervisor: Supervisor, index: int) -> None:
         self.supervisor = supervisor
         self.index = index
-        self.started = time.monotonic()
+        self.started = supervisor.now()
         self.ended: Deferred[None] = Deferred()
 
     def processEnded(self, reason: Failure) -> None:
@@ -132,6 +131,9 @@ class Supervisor(Service):
         self._children: dict[int, _Child] = {}
         self._delays: dict[int, float] = {}
         self._pending: dict[int, Any] = {}
+
+    def now(self) -> float:
+        return float(self._reactor.seconds())
 
     def startService(self) -> None:
         super().startService()
@@ -158,7 +160,7 @@ class Supervisor(Service):
         del self._children[child.index]
         if not self.running:
             return
-        ran = time.monotonic() - child.started
+        ran = self.now() - child.started
         delay = FIRST_DELAY if ran >= STABLE_AFTER else self._delays.get(child.index, FIRST_DELAY / 2) * 2
         self._delays[child.index] = delay = min(delay, MAX_DELAY)
         log.error(
