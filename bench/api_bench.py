@@ -1,10 +1,11 @@
 """HTTP API benchmark: payment creations and confirmations against a real daemon over loopback.
 
-    .venv/bin/python bench/api_bench.py [--db sqlite|postgresql|both] [--quick] [--daemons N]
+    .venv/bin/python bench/api_bench.py [--db sqlite|postgresql|both] [--quick] [--daemons N] [--workers N]
 
 For each database it makes a fresh data directory (and a fresh PostgreSQL database on 127.0.0.1:5432,
 dropped at the end), migrates, activates cardholders and adds a merchant directly through the core,
-starts `idtronic-tel run` (N processes on PostgreSQL: the architecture's scale-out), then:
+starts `idtronic-tel run` (N processes on PostgreSQL: the architecture's scale-out; `--workers N`: each
+with `[daemon] workers = N`, worker processes sharing its port, their CPU counted with it), then:
 
 * closed loop at each concurrency level: create payments, read their tokens from the SMS outbox (no SMPP
   bind, so messages stay queued; the bench decrypts them with the data key like an SMPP worker would),
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import http.client
+import json
 import os
 import platform
 import re
@@ -139,7 +141,7 @@ class Setup:
         return found
 
 
-def prepare(backend: str, cardholders: int, pool_threads: int) -> Setup:
+def prepare(backend: str, cardholders: int, pool_threads: int, workers: int = 1) -> Setup:
     workdir = Path(tempfile.mkdtemp(prefix=f"idt-bench-{backend}-"))
     data_dir = workdir / "data"
     pg_name = None
@@ -155,6 +157,9 @@ def prepare(backend: str, cardholders: int, pool_threads: int) -> Setup:
     config_file = workdir / "idtronic.toml"
     config_file.write_text(
         f"""
+[daemon]
+workers = {workers}
+
 [database]
 url = "{url}"
 pool_threads = {pool_threads}
@@ -192,7 +197,7 @@ class Daemon:
     log: Path
 
 
-def start_daemons(setup: Setup, count: int) -> list[Daemon]:
+def start_daemons(setup: Setup, count: int, workers: int = 1) -> list[Daemon]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("IDTRONIC_")}
     daemons = []
     for index in range(count):
@@ -215,7 +220,7 @@ def start_daemons(setup: Setup, count: int) -> list[Daemon]:
         daemons.append(Daemon(proc, port, log))
     deadline = time.monotonic() + 30
     for daemon in daemons:
-        while not _healthy(daemon.port):
+        while not _healthy(daemon.port, workers):
             if daemon.proc.poll() is not None or time.monotonic() > deadline:
                 stop_daemons(daemons)
                 raise SystemExit(f"daemon did not start:\n{daemon.log.read_text()[-3000:]}")
@@ -223,13 +228,22 @@ def start_daemons(setup: Setup, count: int) -> list[Daemon]:
     return daemons
 
 
-def _healthy(port: int) -> bool:
+def _healthy(port: int, workers: int = 1) -> bool:
+    """/healthz answers 200, from each of the daemon's `workers` processes (a connection each)."""
+    seen = set()
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        conn.request("GET", "/healthz")
-        ok = conn.getresponse().status == 200
-        conn.close()
-        return ok
+        for _ in range(20 * workers):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/healthz")
+            response = conn.getresponse()
+            body = json.loads(response.read())
+            conn.close()
+            if response.status != 200:
+                return False
+            seen.add(body.get("worker", {}).get("index", 0))
+            if len(seen) == workers:
+                return True
+        return False
     except OSError:
         return False
 
@@ -274,12 +288,28 @@ def _machine_cpu() -> float:
     return busy / TICKS
 
 
+def _children(pid: int) -> list[int]:
+    """The processes `pid` started (a daemon's workers 1..N-1)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(child) for child in task.read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def with_workers(pids: list[int]) -> list[int]:
+    """The daemons' processes and the workers they started."""
+    return pids + [child for pid in pids for child in _children(pid)]
+
+
 class CpuMeter:
     def __init__(self, daemons: list[Daemon]) -> None:
         self._pids = [d.proc.pid for d in daemons]
 
     def snapshot(self) -> tuple[float, float, float]:
-        return sum(_cpu_of(p) for p in self._pids), _postgres_cpu(), _machine_cpu()
+        return sum(_cpu_of(p) for p in with_workers(self._pids)), _postgres_cpu(), _machine_cpu()
 
 
 # ---- phases -----------------------------------------------------------------------------------------
@@ -400,15 +430,16 @@ def bench_backend(backend: str, args: argparse.Namespace, gen: LoadGenerator) ->
     cardholders = max(200, total_creates // (TOKENS_PER_CARDHOLDER // 2))
     print(f"\n=== {backend}: preparing ({cardholders} active cardholders) ===", flush=True)
     started = time.monotonic()
-    setup = prepare(backend, cardholders, args.pool_threads)
+    setup = prepare(backend, cardholders, args.pool_threads, args.workers)
     print(f"setup {time.monotonic() - started:.1f} s", flush=True)
     count = args.daemons if backend == "postgresql" else 1
-    daemons = start_daemons(setup, count)
+    daemons = start_daemons(setup, count, args.workers)
     results: list[Result] = []
     try:
         hosts = [("127.0.0.1", d.port) for d in daemons]
         meter = CpuMeter(daemons)
-        print(f"{count} daemon(s), pids {[d.proc.pid for d in daemons]}, generator pids {gen.pids()}")
+        pids = [d.proc.pid for d in daemons]
+        print(f"{count} daemon(s) of {args.workers} worker(s), pids {pids}, generator pids {gen.pids()}")
         # Warm-up: imports, connection pools, statement caches.
         warm = run_phase(
             gen, meter, hosts, "warm-up create", _creations(setup, 200, "warm"), 8, want_ids=True
@@ -479,6 +510,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer requests per level (about 1 min)")
     parser.add_argument("--levels", default="1,8,32,64", help="closed-loop concurrency levels")
     parser.add_argument("--daemons", type=int, default=1, help="daemon processes on PostgreSQL")
+    parser.add_argument("--workers", type=int, default=1, help="[daemon] workers of each daemon")
     parser.add_argument("--generators", type=int, default=2, help="load generator processes")
     parser.add_argument("--pool-threads", type=int, default=8, help="database.pool_threads of the daemon")
     args = parser.parse_args()

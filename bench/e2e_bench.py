@@ -2,6 +2,7 @@
 delivery receipts back, payments confirmed with the codes the SMSC received.
 
     .venv/bin/python bench/e2e_bench.py --config sqlite|postgresql|two-daemons [--binds 1] [--bind-tps 10000]
+        [--workers 1]
         [--window 100] [--smsc-delay-ms 0] [--rates 100,200,...] [--step-seconds 4] [--lanes 64] [--quick]
         [--label NAME] [--save bench/e2e_results.json] [--plot bench/e2e_latency.png] [--profile FILE]
 
@@ -49,6 +50,7 @@ from api_bench import (  # noqa: E402
     prepare,
     start_daemons,
     stop_daemons,
+    with_workers,
 )
 from e2e_merchants import Merchants, Outcome  # noqa: E402
 from profile_summary import summarise as summarise_profile  # noqa: E402
@@ -164,7 +166,7 @@ class Meter:
         self.pg = pg
 
     def snapshot(self) -> tuple[float, float, float, float, float]:
-        daemon = sum(_cpu_of(p) for p in self.daemons)
+        daemon = sum(_cpu_of(p) for p in with_workers(self.daemons))
         pg = _postgres_cpu() if self.pg else 0.0
         return daemon, pg, _cpu_of(self.smsc), _machine_cpu(), time.monotonic()
 
@@ -184,7 +186,7 @@ def summarise(
         return count / (last - start) if count and last > start else 0.0
 
     n = len(rows) or 1
-    sizes = [_rss(p) for p in meter.daemons]
+    sizes = [_rss(p) for p in with_workers(meter.daemons)]
     return StepResult(
         name=name,
         offered=offered,
@@ -266,19 +268,20 @@ def bench_config(args: argparse.Namespace, merchants: Merchants) -> tuple[list[S
     rates, seconds, closed, total = plan(args)
     cardholders = max(20, total // 80 + 10)  # tokens.per_cardholder_limit = 100 per 600 s
     started = time.monotonic()
-    setup = prepare(backend, cardholders, args.pool_threads)
+    setup = prepare(backend, cardholders, args.pool_threads, args.workers)
     record = setup.workdir / "smsc-record.jsonl"
     smsc = Smsc(record, args.smsc_delay_ms)
     per_daemon = max(1, args.binds // count)
     with setup.config_file.open("a") as f:
         f.write(smpp_config(smsc.port, per_daemon, args.window, args.bind_tps))
     print(
-        f"\n=== {args.label}: {backend}, {count} daemon(s) x {per_daemon} bind(s) (window {args.window}, "
+        f"\n=== {args.label}: {backend}, {count} daemon(s) of {args.workers} worker(s) x {per_daemon} "
+        f"bind(s) (window {args.window}, "
         f"max_tps {args.bind_tps:g}), SMSC answering {args.smsc_delay_ms} ms late, "
         f"{cardholders} cardholders, setup {time.monotonic() - started:.1f} s ===",
         flush=True,
     )
-    daemons = start_daemons(setup, count)
+    daemons = start_daemons(setup, count, args.workers)
     results: list[StepResult] = []
     amounts = Amounts()
     try:
@@ -387,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", choices=("sqlite", "postgresql", "two-daemons"), default="sqlite")
     parser.add_argument(
         "--binds", type=int, default=1, help="[[smpp.bind]] sections in all (split over daemons)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="[daemon] workers of each daemon (bind k: worker k mod N)"
     )
     parser.add_argument("--bind-tps", type=float, default=10000, help="max_tps of each bind")
     parser.add_argument("--window", type=int, default=100, help="window of each bind")
