@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import re
 import sys
 from typing import IO, TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from twisted.logger import (
     ILogFilterPredicate,
     ILogObserver,
     LogEvent,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     PredicateResult,
@@ -24,6 +26,8 @@ from zope.interface import implementer
 
 from .config_schema import Config
 from .supervisor import Role, Supervisor, die_with_parent, worker_count
+
+log = Logger()
 
 if TYPE_CHECKING:
     from .daemon import DaemonService
@@ -118,6 +122,8 @@ def run(
         http = service.daemon.listeners["http"]
         Supervisor(reactor, argv or [], role.count, http).setServiceParent(service)  # started last
     start_logging()
+    if role.count > 1:  # the workers share stdout: say which process is which
+        log.info("worker {index} of {count}: pid {pid}", index=role.index, count=role.count, pid=os.getpid())
     failed: list[BaseException] = []
 
     def start() -> None:
