@@ -169,6 +169,12 @@ def _cross_checks(raw: Raw, config: Config) -> None:
             config.smpp.link_dead_timeout,
             "must be longer than smpp.enquire_link_interval",
         )
+    if config.budget.max_lock_duration < config.budget.lock_duration:
+        raw.fail(
+            "budget.max_lock_duration",
+            config.budget.max_lock_duration,
+            "must be at least budget.lock_duration",
+        )
     if config.ami.secret and not config.ami.username:
         raw.fail("ami.username", "", "must be set when ami.secret is")
     if config.keys.data_key == config.keys.hmac_key:

@@ -130,6 +130,16 @@ class TokensConfig:
 @dataclass(frozen=True)
 class BudgetConfig:
     max_consecutive_failures: int = setting(5, between(3, 5, why="PSD2 RTS art. 4(3)(b) allows at most 5"))
+    # The lock those failures cause is temporary (PSD2 RTS art. 4(4)); each lock in a row, with no success
+    # in between, lasts lock_growth times the previous one, up to max_lock_duration.
+    lock_duration: float = setting(1800.0, seconds(60, 86400))
+    lock_growth: int = setting(2, between(1, 10))
+    max_lock_duration: float = setting(86400.0, seconds(60, 30 * 86400))
+    lock_notice: str = setting(
+        "id-tronic : trop de codes errones, votre compte est bloque pendant {duration}. "
+        "Si ce n'est pas vous, contactez votre banque.",
+        template(frozenset(), frozenset({"duration"})),
+    )
 
 
 @dataclass(frozen=True)

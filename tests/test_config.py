@@ -259,6 +259,8 @@ def test_cross_checks(workdir: Path) -> None:
     assert "longer than callback.dtmf_timeout" in error("[agi]\ncommand_timeout = 10\n")
     assert "longer than smpp.enquire_link_interval" in error("[smpp]\nlink_dead_timeout = 30\n")
     assert "must be set when ami.secret is" in error('[ami]\nusername = ""\nsecret = "x"\n')
+    too_short = "[budget]\nlock_duration = 7200\nmax_lock_duration = 3600\n"
+    assert "at least budget.lock_duration" in error(too_short)
 
 
 def test_database_url(workdir: Path) -> None:

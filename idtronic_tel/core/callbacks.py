@@ -55,8 +55,9 @@ def claim_due(s: Session, rules: Rules, worker: str, limit: int) -> list[Callbac
         assert holder is not None
         if holder.suspended:
             continue  # stays queued until the cardholder is resumed
-        if holder.locked or (request.not_after is not None and request.not_after <= now):
-            _close(s, rules, request, CallbackState.CANCELLED, "locked" if holder.locked else "expired")
+        locked = budget.is_locked(holder, now)
+        if locked or (request.not_after is not None and request.not_after <= now):
+            _close(s, rules, request, CallbackState.CANCELLED, "locked" if locked else "expired")
             continue
         request.state = CallbackState.IN_CALL
         request.calls_made += 1
@@ -151,7 +152,7 @@ def _end_attempt(
         return
     audit.record(s, rules, "ivr", "callback.attempt", f"cardholder:{holder.identifier}", outcome=outcome)
     cfg = rules.settings.callback
-    if request.calls_made < cfg.max_calls and not holder.locked:
+    if request.calls_made < cfg.max_calls and not budget.is_locked(holder, rules.now()):
         request.state = CallbackState.WAITING
         request.next_call_at = rules.next_call_time(rules.now() + dt.timedelta(seconds=cfg.retry_interval))
         if request.kind == CallKind.ENROLL:
@@ -190,7 +191,7 @@ def start_call(s: Session, rules: Rules, attempt_id: str) -> IvrCall | None:
     waiting_for_ivr = (AttemptState.DIALING, AttemptState.ORIGINATED, AttemptState.ANSWERED)
     if attempt.state not in waiting_for_ivr or request.state != CallbackState.IN_CALL:
         return None  # finished, or a second session for one attempt
-    if holder.locked or holder.suspended:
+    if budget.is_locked(holder, rules.now()) or holder.suspended:
         return None
     token = None
     if request.kind == CallKind.VOICE_TOKEN:

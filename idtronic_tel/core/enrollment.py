@@ -141,7 +141,7 @@ def request_callback(s: Session, rules: Rules, identifier: str) -> views.Enrollm
     holder = _holder(s, identifier)
     if holder.status != CardholderStatus.FAILED:
         raise Conflict("a new callback can only be requested after a failed enrollment", status=holder.status)
-    if holder.locked:
+    if budget.is_locked(holder, rules.now()):
         raise Conflict("this enrollment is locked; contact your bank", status="locked")
     holder.status = CardholderStatus.AWAITING_CALLBACK
     holder.updated_at = rules.now()
@@ -151,12 +151,7 @@ def request_callback(s: Session, rules: Rules, identifier: str) -> views.Enrollm
 
 
 def lock(s: Session, rules: Rules, identifier: str, locked: bool, reason: str) -> views.Lock:
-    holder = _holder(s, identifier)
-    holder.locked = locked
-    holder.lock_reason = reason if locked else ""
-    if not locked:
-        budget.record_success(rules, holder)
-    holder.updated_at = rules.now()
+    budget.set_lock(rules, _holder(s, identifier), locked, reason)
     audit.record(
         s, rules, "operator", "cardholder.lock" if locked else "cardholder.unlock", f"cardholder:{identifier}"
     )

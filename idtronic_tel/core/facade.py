@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -12,7 +13,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from . import activity, callbacks, enrollment, merchants, outbox, payments, profile, suspension, views
+from . import activity, budget, callbacks, enrollment, merchants, outbox, payments, profile, suspension, views
 from .db import DBPool
 from .handoff import create_payment
 from .merchants import MerchantAuth
@@ -214,7 +215,7 @@ class Core:
 
     # ---- operator status ----------------------------------------------------------------------------
     def counts(self) -> Deferred[dict[str, Any]]:
-        return self.pool.run(_counts)
+        return self.pool.run(_counts, self.rules.now())
 
     def activity(self, limit: int) -> Deferred[dict[str, list[dict[str, Any]]]]:
         """The latest payments, SMS, callbacks and audit entries (the operator's console)."""
@@ -241,13 +242,13 @@ class Core:
         return self._run(both).addCallback(wake)
 
 
-def _counts(s: Session) -> dict[str, Any]:
+def _counts(s: Session, now: dt.datetime) -> dict[str, Any]:
     def grouped(column: Any) -> dict[str, int]:
         return {str(k): int(v) for k, v in s.execute(select(column, func.count()).group_by(column)).all()}
 
     return {
         "cardholders": grouped(Cardholder.status),
-        "locked_cardholders": s.scalar(select(func.count()).where(Cardholder.locked)),
+        "locked_cardholders": s.scalar(select(func.count()).where(budget.locked_clause(now))),
         "payments": grouped(Payment.status),
         "sms": grouped(SmsMessage.state),
         "callbacks": grouped(CallbackRequest.state),

@@ -99,7 +99,10 @@ class Cardholder(Base):
     card_enc: Mapped[bytes | None] = mapped_column(LargeBinary)  # the 16 digits, for the bank's back-end
     card_fingerprint: Mapped[str | None] = mapped_column(String(64), unique=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)  # consecutive, all channels (§4)
-    locked: Mapped[bool] = mapped_column(Boolean, default=False)
+    locked: Mapped[bool] = mapped_column(Boolean, default=False)  # by an operator, until unlocked
+    # The failure budget's temporary lock (§4) and how many such locks came in a row (the next one is longer).
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    lock_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lock_reason: Mapped[str] = mapped_column(Text, default="")
     suspended: Mapped[bool] = mapped_column(Boolean, default=False)
     notice: Mapped[str] = mapped_column(Text, default="")

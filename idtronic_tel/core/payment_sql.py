@@ -36,6 +36,7 @@ HOLDER = select(
     _holders.c.id,
     _holders.c.status,
     _holders.c.locked,
+    _holders.c.locked_until,
     _holders.c.suspended,
     _holders.c.mobile,
     select(func.count()).where(_recent).scalar_subquery().label("recent"),
@@ -56,6 +57,7 @@ LOCK_FOR_CONFIRM = (
         _payments.c.wrong_tokens,
         _payments.c.cardholder_id,
         _holders.c.locked,
+        _holders.c.locked_until,
     )
     .select_from(_payments.join(_holders, _holders.c.id == _payments.c.cardholder_id))
     .where(_payments.c.id == bindparam("b_payment"), _payments.c.merchant_id == bindparam("b_merchant"))
@@ -132,9 +134,9 @@ _VALIDATE_PG = _bound_insert(_audit_log, "a_", _AUDIT_COLUMNS).add_cte(
     .where(_payments.c.id == bindparam("b_payment"))
     .values(status=PaymentStatus.VALIDATED.value, validated_at=_now, finished_at=_now)
     .cte("validated_payment"),
-    update(_holders)  # budget.record_success: a success resets the cardholder's failure counter
+    update(_holders)  # budget.record_success: a success resets the failure counter and lock lengthening
     .where(_holders.c.id == bindparam("b_holder"))
-    .values(failures=0, updated_at=_now)
+    .values(failures=0, lock_count=0, updated_at=_now)
     .cte("reset_holder"),
 )
 
@@ -175,5 +177,5 @@ def write_validation(
             _UPDATE_PAYMENT,
             {"b_id": payment_id, "status": PaymentStatus.VALIDATED, "validated_at": now, "finished_at": now},
         )
-        conn.execute(_UPDATE_HOLDER, {"b_id": holder_id, "failures": 0, "updated_at": now})
+        conn.execute(_UPDATE_HOLDER, {"b_id": holder_id, "failures": 0, "lock_count": 0, "updated_at": now})
         conn.execute(INSERT_AUDIT, audit)

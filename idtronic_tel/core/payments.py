@@ -98,8 +98,9 @@ def create(
     cfg = rules.settings.tokens
     since = rules.now() - dt.timedelta(seconds=cfg.per_cardholder_window)
     holder = conn.execute(payment_sql.HOLDER, {"b_identifier": body["identifier"], "b_since": since}).first()
-    if holder is None or holder.status != CardholderStatus.ACTIVE or holder.locked or holder.suspended:
-        reason = "unknown" if holder is None else ("locked" if holder.locked else holder.status)
+    locked = holder is not None and budget.is_locked(holder, rules.now())
+    if holder is None or holder.status != CardholderStatus.ACTIVE or locked or holder.suspended:
+        reason = "unknown" if holder is None else ("locked" if locked else holder.status)
         if holder is not None and holder.suspended:
             reason = "suspended"
         audit.record(s, rules, f"merchant:{merchant.id}", "payment.refused", "cardholder", reason=reason)
@@ -233,7 +234,7 @@ def confirm(s: Session, rules: Rules, merchant: MerchantAuth, payment_id: str, t
     if row is None:
         raise NotFound("no such payment")
     now = rules.now()
-    if row.status == PaymentStatus.PENDING and row.expires_at > now and not row.locked:
+    if row.status == PaymentStatus.PENDING and row.expires_at > now and not budget.is_locked(row, now):
         challenge = conn.execute(payment_sql.CURRENT_CHALLENGE, {"b_payment": payment_id}).first()
         if (
             challenge is not None
@@ -256,7 +257,7 @@ def _refuse(s: Session, rules: Rules, merchant: MerchantAuth, payment_id: str, n
     payment = _pending(s, rules, merchant, payment_id)
     holder = s.get(Cardholder, payment.cardholder_id)
     assert holder is not None
-    if holder.locked:
+    if budget.is_locked(holder, now):
         _finish(s, payment, PaymentStatus.FAILED, now)
         audit.record(
             s, rules, f"merchant:{merchant.id}", "payment.failed", f"payment:{payment.id}", why="locked"
@@ -266,7 +267,7 @@ def _refuse(s: Session, rules: Rules, merchant: MerchantAuth, payment_id: str, n
     challenge = _current_challenge(s, payment)
     if challenge is not None:
         challenge.wrong_attempts += 1
-    locked = budget.record_failure(s, rules, holder, "payment")
+    locked = budget.record_wrong_code(s, rules, holder, challenge, "payment")
     remaining = rules.settings.tokens.max_attempts - payment.wrong_tokens
     if remaining <= 0 or locked:
         _finish(s, payment, PaymentStatus.FAILED, now)

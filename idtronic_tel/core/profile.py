@@ -22,11 +22,11 @@ SESSION_PREFIX = "idt_ses_"
 EDITABLE = ("last_name", "first_name", "birth_date", "mobile")
 
 
-def _usable(holder: Cardholder | None) -> bool:
+def _usable(rules: Rules, holder: Cardholder | None) -> bool:
     return (
         holder is not None
         and holder.status == CardholderStatus.ACTIVE
-        and not holder.locked
+        and not budget.is_locked(holder, rules.now())
         and not holder.suspended
     )
 
@@ -34,7 +34,7 @@ def _usable(holder: Cardholder | None) -> bool:
 def request_challenge(s: Session, rules: Rules, identifier: str) -> None:
     """Always the same outcome for the caller, known identifier or not (no enumeration)."""
     holder = s.scalar(select(Cardholder).where(Cardholder.identifier == identifier))
-    if not _usable(holder):
+    if not _usable(rules, holder):
         return
     assert holder is not None
     cfg = rules.settings.tokens
@@ -48,7 +48,7 @@ def request_challenge(s: Session, rules: Rules, identifier: str) -> None:
 
 def open_session(s: Session, rules: Rules, identifier: str, token: str) -> views.ProfileSession:
     holder = s.scalar(select(Cardholder).where(Cardholder.identifier == identifier).with_for_update())
-    if not _usable(holder):
+    if not _usable(rules, holder):
         raise InvalidToken("wrong or expired code")
     assert holder is not None
     now = rules.now()
@@ -63,11 +63,14 @@ def open_session(s: Session, rules: Rules, identifier: str, token: str) -> views
         or not tokens.live_challenge(challenge, now)
         or not rules.vault.matches("token:profile", token, challenge.token_digest)
     ):
-        if challenge is not None and tokens.live_challenge(challenge, now):
-            challenge.wrong_attempts += 1
-            if challenge.wrong_attempts >= rules.settings.tokens.max_attempts:
-                tokens.retire(s, challenge)
-        budget.record_failure(s, rules, holder, "profile")
+        if challenge is None or not tokens.live_challenge(challenge, now):
+            # No code to guess: refused like a wrong code (nothing leaks), and the budget is untouched.
+            audit.record(s, rules, "cardholder", "profile.no-challenge", f"cardholder:{identifier}")
+            raise InvalidToken("wrong or expired code")
+        budget.record_wrong_code(s, rules, holder, challenge, "profile")
+        challenge.wrong_attempts += 1
+        if challenge.wrong_attempts >= rules.settings.tokens.max_attempts:
+            tokens.retire(s, challenge)
         audit.record(s, rules, "cardholder", "profile.wrong-token", f"cardholder:{identifier}")
         raise InvalidToken("wrong or expired code")
     challenge.used_at = now
@@ -94,7 +97,7 @@ def _session_holder(s: Session, rules: Rules, secret: str) -> Cardholder:
     if session is None or session.closed or session.last_seen_at + idle <= now:
         raise SessionInvalid("the session is unknown or expired: ask for a new code")
     holder = s.get(Cardholder, session.cardholder_id)
-    if not _usable(holder):
+    if not _usable(rules, holder):
         session.closed = True
         raise SessionInvalid("the session is unknown or expired: ask for a new code")
     assert holder is not None
