@@ -20,7 +20,7 @@ import pytest
 import pytest_twisted
 from apiharness import OPERATOR_KEY, PAYMENT, ApiHarness, api_config, ready
 from conftest import FakeClock, test_config
-from domain_helpers import FIRST8
+from domain_helpers import FIRST8, LAST8
 from prometheus_client import REGISTRY
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
@@ -162,10 +162,15 @@ async def test_deep_nesting_and_long_integers_get_a_400(
         ("/v1/enrollments", None, b'{"last_name": -' + long_integer + b".5e3}"),
         ("/v1/enrollments", None, b'{"last_name": NaN}'),
         ("/v1/enrollments", None, b'{"last_name": 1e999}'),
+        ("/v1/payments", key, b'"' + b"[" * 40 + b'"'),  # brackets in a string (found by bench/fuzz.py)
     ]
     for path, credential, raw in cases:
         answer = await h.call("POST", path, raw=raw, key=credential)
         assert (answer.status, answer.body["error"]) == (400, "invalid_json"), (raw[:40], answer.body)
+    identifier = await h.active_cardholder(FIRST8, LAST8)
+    brackets = {**PAYMENT, "identifier": identifier, "reference": "[" * 40, "description": "{" * 100}
+    created = await h.call("POST", "/v1/payments", brackets, key)
+    assert created.status == 201 and created.body["reference"] == "[" * 40
     assert failures == []
 
 

@@ -70,7 +70,7 @@ def _too_deep(raw: bytes) -> bool:
     if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
         return False
     steps = _STRING.sub(b"", raw).translate(_STEPS, delete=_NOT_BRACKETS)
-    return max(itertools.accumulate(array.array("b", steps))) > MAX_DEPTH
+    return max(itertools.accumulate(array.array("b", steps)), default=0) > MAX_DEPTH  # all in strings: 0
 
 
 def _integer(literal: str) -> int:
