@@ -45,38 +45,38 @@ from idtronic_tel.smpp.receipts import UnusableId, is_receipt, parse_receipt  # 
 # ---- inputs ---------------------------------------------------------------------------------------------
 
 
+def _mutate(data: bytes, program: bytes) -> bytes:
+    """Apply `program` to `data`, 4 bytes per step (kind, position, position, value): flip a byte,
+    insert bytes, delete some, or cut short. One binary draw: cheap to generate, and Hypothesis shrinks it."""
+    out = bytearray(data)
+    for i in range(0, len(program) - 3, 4):
+        kind, high, low, value = program[i : i + 4]
+        where = ((high << 8) | low) % (len(out) + 1)
+        if kind % 4 == 0 and where < len(out):
+            out[where] = value
+        elif kind % 4 == 1:
+            out[where:where] = program[i + 4 : i + 4 + value % 16] or bytes([value])
+        elif kind % 4 == 2:
+            del out[where : where + 1 + value % 8]
+        elif kind % 4 == 3 and value < 32:  # cut short, now and then
+            del out[where:]
+    return bytes(out)
+
+
 def mutated(seeds: list[bytes]) -> st.SearchStrategy[bytes]:
     """A real message with a few bytes flipped, inserted, deleted, or cut short."""
-
-    @st.composite
-    def mutate(draw: st.DrawFn) -> bytes:
-        data = bytearray(draw(st.sampled_from(seeds)))
-        for _ in range(draw(st.integers(0, 4))):
-            where = draw(st.integers(0, len(data)))
-            kind = draw(st.sampled_from(("flip", "insert", "delete", "cut")))
-            if kind == "flip" and where < len(data):
-                data[where] = draw(st.integers(0, 255))
-            elif kind == "insert":
-                data[where:where] = draw(st.binary(min_size=1, max_size=40))
-            elif kind == "delete":
-                del data[where : where + draw(st.integers(1, 8))]
-            elif kind == "cut":
-                del data[where:]
-        return bytes(data)
-
-    return mutate()
+    return st.builds(_mutate, st.sampled_from(seeds), st.binary(max_size=24))
 
 
-def stream(pieces: st.SearchStrategy[bytes]) -> st.SearchStrategy[list[bytes]]:
+def _cut(pieces: list[bytes], cuts: bytes) -> list[bytes]:
+    data = b"".join(pieces)
+    places = sorted(c * len(data) // 255 for c in cuts)
+    return [data[a:b] for a, b in zip([0, *places], [*places, len(data)], strict=True)]
+
+
+def stream(pieces: st.SearchStrategy[bytes], max_pieces: int = 6) -> st.SearchStrategy[list[bytes]]:
     """Pieces joined and cut at random places: what several TCP segments deliver."""
-
-    @st.composite
-    def chunks(draw: st.DrawFn) -> list[bytes]:
-        data = b"".join(draw(st.lists(pieces, min_size=1, max_size=8)))
-        cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=6)))
-        return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
-
-    return chunks()
+    return st.builds(_cut, st.lists(pieces, min_size=1, max_size=max_pieces), st.binary(max_size=6))
 
 
 # SMPP: what an SMSC sends (codec.encode: receipts, responses, a mobile-originated message).
@@ -129,6 +129,13 @@ _AGI_REPLIES = [
     b"HANGUP",
 ]
 
+
+def _agi_session(env_program: bytes, replies: list[bytes], program: bytes) -> bytes:
+    """The environment block (mutated now and then), then replies (mutated)."""
+    env = _mutate(b"\n".join(_AGI_ENV) + b"\n", env_program)
+    return env + _mutate(b"\n".join(replies) + b"\n", program)
+
+
 # AMI: a banner, then messages of "Key: value" lines ended by an empty line (CRLF, or LF).
 _AMI_LINES = [
     b"Asterisk Call Manager/11.0.0",
@@ -145,6 +152,11 @@ _AMI_LINES = [
     b"Output: some text: with colons",
     b"",
 ]
+
+
+def _ami_messages(lines: list[bytes], end: bytes, program: bytes) -> bytes:
+    return _mutate(end.join(lines) + end, program)
+
 
 # HTTP: bodies of the API's routes, and shapes that broke json.loads (issue 9 §1).
 _BODIES = [
@@ -191,9 +203,19 @@ def _api_objects(draw: st.DrawFn) -> bytes:
             "mobile",
         ]
     )
-    document = draw(st.dictionaries(names | st.text(max_size=8), _json, max_size=6))
+    values = st.text(st.characters(codec="utf-8") | st.sampled_from("\ud800\x00\x7f"), max_size=40) | _json
+    document = draw(st.dictionaries(names | st.text(max_size=8), values, max_size=6))
     text = json.dumps(document, ensure_ascii=draw(st.booleans()))
     return text.encode("utf-8", "surrogatepass")
+
+
+def _fields_of(schema: BodySchema) -> st.SearchStrategy[tuple[BodySchema, bytes]]:
+    """The schema's own fields with hostile values: the bodies that reach the per-field checks."""
+    text = st.text(st.characters(codec="utf-8") | st.sampled_from("\ud800\x00\x7f"), max_size=40)
+    values = text | st.integers() | _json
+    fields = st.fixed_dictionaries({}, optional={f.name: values for f in schema.fields})
+    body = fields.map(lambda d: json.dumps(d).encode())
+    return st.tuples(st.just(schema), body)
 
 
 def _deep(draw: st.DrawFn) -> bytes:
@@ -280,10 +302,14 @@ TARGETS = [
         "agi",
         "FastAGI codec (LineSplitter, EnvParser, ReplyParser): AgiProtocolError only",
         stream(
-            st.lists(st.sampled_from(_AGI_ENV) | st.sampled_from(_AGI_REPLIES), max_size=12)
-            .map(b"\n".join)
-            .flatmap(lambda text: mutated([text + b"\n"]))
-            | st.binary(max_size=300)
+            st.builds(
+                _agi_session,
+                st.binary(max_size=8),
+                st.lists(st.sampled_from(_AGI_REPLIES), max_size=12),
+                st.binary(max_size=24),
+            )
+            | st.binary(max_size=300),
+            max_pieces=2,
         ),
         check_agi,
         (AgiProtocolError,),
@@ -292,9 +318,12 @@ TARGETS = [
         "ami",
         "AMI codec (AmiDecoder.receive_data): AmiProtocolError (FrameTooLarge) only",
         stream(
-            st.tuples(st.lists(st.sampled_from(_AMI_LINES), max_size=12), st.sampled_from([b"\r\n", b"\n"]))
-            .map(lambda lines_end: lines_end[1].join(lines_end[0]) + lines_end[1])
-            .flatmap(lambda text: mutated([text]))
+            st.builds(
+                _ami_messages,
+                st.lists(st.sampled_from(_AMI_LINES), max_size=12),
+                st.sampled_from([b"\r\n", b"\n"]),
+                st.binary(max_size=24),
+            )
             | st.binary(max_size=300)
         ),
         check_ami,
@@ -306,7 +335,8 @@ TARGETS = [
         st.tuples(
             st.sampled_from(_SCHEMAS),
             mutated(_BODIES) | _api_objects() | st.composite(_deep)() | st.binary(max_size=300),
-        ),
+        )
+        | st.sampled_from(_SCHEMAS).flatmap(_fields_of),
         check_body,
         (ApiError,),
     ),

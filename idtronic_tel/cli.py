@@ -73,10 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("last-name", "first-name", "birth-date", "mobile", "card-first8"):
         enroll.add_argument(f"--{name}", required=True)
 
-    lock = commands.add_parser("lock", help="lock a cardholder")
+    lock = commands.add_parser("lock", help="lock a cardholder until unlocked")
     lock.add_argument("identifier")
     lock.add_argument("--reason", default="")
-    commands.add_parser("unlock", help="unlock a cardholder").add_argument("identifier")
+    commands.add_parser("unlock", help="end any lock of a cardholder").add_argument("identifier")
 
     suspend = commands.add_parser("suspend", help="suspend the service (or one cardholder or merchant)")
     suspend.add_argument(

@@ -146,7 +146,7 @@ def routes(core: Core, links: Links, listeners: Listeners, process: Process | No
             "/v1/admin/cardholders/{identifier}/unlock",
             unlock,
             "operator",
-            "Unlock a cardholder (resets the failure budget)",
+            "Unlock a cardholder: ends any lock, temporary or not (resets the failure budget)",
             {200: "Lock", 401: "Error", 404: "Error"},
             REASON,
         ),
