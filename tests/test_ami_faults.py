@@ -46,7 +46,7 @@ async def test_ami_dropped_with_callbacks_in_flight_calls_each_cardholder_once(s
         for i, mobile in enumerate(mobiles):
             identity = {"last_name": "M", "first_name": "C", "birth_date": "1980-01-01", "mobile": mobile}
             enrolled = await core.enroll({**identity, "card_first8": card(i)[0]}, "web", "cardholder")
-            identifiers.append(enrolled["identifier"])
+            identifiers.append(enrolled.identifier)
         h.daemon.service.startService()
         await h.asterisk.when("originate", CARDHOLDERS)
         await until(lambda: len(h.asterisk.calls) == CARDHOLDERS, 5, "the five calls ringing")
@@ -55,7 +55,7 @@ async def test_ami_dropped_with_callbacks_in_flight_calls_each_cardholder_once(s
         await h.asterisk.when("login", 2)  # the daemon reconnected
 
         async def all_active() -> bool:
-            states = [(await core.enrollment_status(i))["status"] for i in identifiers]
+            states = [(await core.enrollment_status(i)).status for i in identifiers]
             return states == ["active"] * CARDHOLDERS
 
         await until(all_active, 90, "every enrollment accepted")
