@@ -3,7 +3,7 @@ port, the database and the node-smpp SMSC (tests/smsc_fixture), with two binds, 
 
 Both workers serve payments (each connection is asked which worker holds it, /healthz `worker`), every
 SMS reaches the SMSC exactly once whichever worker created it, kill -9 of worker 1 gets it restarted with
-nothing lost, and SIGTERM to worker 0 leaves no process behind.
+nothing lost, and SIGTERM (or kill -9) to worker 0 leaves no process behind.
 """
 
 from __future__ import annotations
@@ -85,16 +85,16 @@ class Client:
         return response.status, json.loads(response.read())
 
 
-def clients_of_each_worker(address: str, key: str) -> dict[int, Client]:
-    """Connections until each of the two workers holds one (the kernel picks the accepting worker)."""
+def clients_of_each_worker(address: str, key: str, count: int = 2) -> dict[int, Client]:
+    """Connections until each of the `count` workers holds one (the kernel picks the accepting worker)."""
     found: dict[int, Client] = {}
-    for _ in range(200):
+    for _ in range(100 * count):
         client = Client(address, key)
         if client.worker["index"] in found:
             client.conn.close()
         else:
             found[client.worker["index"]] = client
-        if len(found) == 2:
+        if len(found) == count:
             break
     return found  # one only while the other is not running
 
@@ -196,3 +196,34 @@ async def test_two_workers_serve_http_send_each_sms_once_survive_kill_9_and_stop
         await daemon.stop()
         outbox.close()
         await smsc.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_worker_stops_when_worker_0_is_killed_and_a_dead_worker_0_leaves_no_process(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """kill -9 of worker 0 gives it no chance to stop the others: the kernel sends them SIGTERM (they
+    asked for it at start, supervisor.die_with_parent), and they stop, orphans for an instant only."""
+    config_file = tmp_path / "idtronic.toml"
+    write_config(config_file, sqlite_url, daemon={"workers": 3})
+    prepared(config_file, tmp_path / "data")
+    daemon = DaemonProcess(tmp_path, "daemon", config_file, tmp_path / "data")
+    try:
+        daemon.start()
+        await daemon.ready()
+        workers: dict[int, int] = {}
+
+        async def all_up() -> bool:
+            for index, client in (
+                await threads.deferToThread(clients_of_each_worker, daemon.url, "", 3)
+            ).items():
+                workers[index] = client.worker["pid"]
+                client.conn.close()
+            return len(workers) == 3
+
+        await wait_for(all_up, "three workers answering", 30)
+        await daemon.kill()
+        for index in (1, 2):
+            await wait_for(lambda pid=workers[index]: gone(pid), f"worker {index} to stop", 15)
+    finally:
+        await daemon.stop()
