@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadgen import _Connection, _payment_id, request_bytes
+from loadgen import ProcessPool, _Connection, _payment_id, request_bytes, spread
 
 TEXT = re.compile(r"code (\d{6}) pour payer (\d+),(\d\d) ")
 TAIL_INTERVAL = 0.003  # how often the record file is read, seconds
@@ -247,44 +247,20 @@ async def _run(step: Step, ready: Any, out: Outcome) -> None:
             conn.transport.close()
 
 
-def _worker(pipe: Any) -> None:
-    import gc
-
-    gc.freeze()
-    while True:
-        step = pipe.recv()
-        if step is None:
-            return
-
-        def ready() -> None:
-            pipe.send("ready")
-            if pipe.recv() != "go":
-                raise RuntimeError("expected go")
-
-        out = Outcome()
-        try:
-            asyncio.run(_run(step, ready, out))
-        except Exception as exc:  # reported in the outcome; the parent prints it
-            out.errors.append(repr(exc))
-        pipe.send(out)
+def _run_step(step: Step, ready: Callable[[], None]) -> Outcome:
+    out = Outcome()
+    try:
+        asyncio.run(_run(step, ready, out))
+    except Exception as exc:  # reported in the outcome; the parent prints it
+        out.errors.append(repr(exc))
+    return out
 
 
-class Merchants:
+class Merchants(ProcessPool):
     """`processes` merchant processes, started once and reused for every step."""
 
     def __init__(self, processes: int) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._pipes = []
-        self._procs = []
-        for _ in range(processes):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child,), daemon=True)
-            proc.start()
-            self._pipes.append(parent)
-            self._procs.append(proc)
-
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._procs if p.pid is not None]
+        super().__init__(processes, _run_step)
 
     def run(
         self,
@@ -297,25 +273,11 @@ class Merchants:
         drain: float,
     ) -> list[Outcome]:
         """Spread payments (round robin) and connections over the workers; all start together."""
-        workers = min(len(self._procs), connections)
-        for w in range(workers):
-            share = payments[w::workers]
-            conns = connections // workers + (1 if w < connections % workers else 0)
-            worker_rate = None if rate is None else rate * len(share) / len(payments)
-            rotated = hosts[w % len(hosts) :] + hosts[: w % len(hosts)]
-            self._pipes[w].send(Step(rotated, api_key, record_path, share, conns, worker_rate, drain))
-        for w in range(workers):
-            answer = self._pipes[w].recv()
-            if answer != "ready":
-                raise RuntimeError(f"merchant did not get ready: {answer}")
-        for w in range(workers):
-            self._pipes[w].send("go")
-        return [self._pipes[w].recv() for w in range(workers)]
-
-    def close(self) -> None:
-        for pipe in self._pipes:
-            pipe.send(None)
-        for proc in self._procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
+        return self.dispatch(
+            [
+                Step(hosts_w, api_key, record_path, share, conns, worker_rate, drain)
+                for hosts_w, share, conns, worker_rate in spread(
+                    payments, connections, rate, hosts, self.processes
+                )
+            ]
+        )

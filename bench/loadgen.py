@@ -12,11 +12,12 @@ the generator is not the bottleneck.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import multiprocessing
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,13 +212,14 @@ def _run_phase(phase: Phase, ready: Any) -> Outcome:
     return out
 
 
-def _worker(pipe: Any) -> None:
+def _serve(run: Callable[[Any, Callable[[], None]], Any], pipe: Any) -> None:
+    """A worker process: for each task, run(task, ready) and send its result; None ends it."""
     import gc
 
     gc.freeze()
     while True:
-        phase = pipe.recv()
-        if phase is None:
+        task = pipe.recv()
+        if task is None:
             return
 
         def ready() -> None:
@@ -225,19 +227,21 @@ def _worker(pipe: Any) -> None:
             if pipe.recv() != "go":
                 raise RuntimeError("expected go")
 
-        pipe.send(_run_phase(phase, ready))
+        pipe.send(run(task, ready))
 
 
-class LoadGenerator:
-    """`processes` worker processes, started once and reused for every phase."""
+class ProcessPool:
+    """`processes` worker processes running `run` (a module-level function, for spawn), started once and
+    reused: dispatch sends one task to each of the first workers, waits until all are ready, then starts
+    them together."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, run: Callable[[Any, Callable[[], None]], Any]) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._pipes = []
         self._procs = []
         for _ in range(processes):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child,), daemon=True)
+            proc = ctx.Process(target=functools.partial(_serve, run), args=(child,), daemon=True)
             proc.start()
             self._pipes.append(parent)
             self._procs.append(proc)
@@ -249,6 +253,49 @@ class LoadGenerator:
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs if p.pid is not None]
 
+    def dispatch(self, tasks: Sequence[Any]) -> list[Any]:
+        pipes = self._pipes[: len(tasks)]
+        for pipe, task in zip(pipes, tasks, strict=True):
+            pipe.send(task)
+        for pipe in pipes:
+            answer = pipe.recv()
+            if answer != "ready":
+                raise RuntimeError(f"worker did not get ready: {answer}")
+        for pipe in pipes:
+            pipe.send("go")
+        return [pipe.recv() for pipe in pipes]
+
+    def close(self) -> None:
+        for pipe in self._pipes:
+            pipe.send(None)
+        for proc in self._procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+
+
+def spread(
+    items: Sequence[Any], connections: int, rate: float | None, hosts: list[tuple[str, int]], processes: int
+) -> list[tuple[list[tuple[str, int]], list[Any], int, float | None]]:
+    """Items (round robin), connections and rate shared over the workers: per worker its hosts, items,
+    connections and rate. The hosts are rotated so that two workers with one connection each use different
+    daemons."""
+    workers = min(processes, connections)
+    shares = []
+    for w in range(workers):
+        share = list(items[w::workers])
+        conns = connections // workers + (1 if w < connections % workers else 0)
+        worker_rate = None if rate is None else rate * len(share) / len(items)
+        shares.append((hosts[w % len(hosts) :] + hosts[: w % len(hosts)], share, conns, worker_rate))
+    return shares
+
+
+class LoadGenerator(ProcessPool):
+    """`processes` worker processes, started once and reused for every phase."""
+
+    def __init__(self, processes: int) -> None:
+        super().__init__(processes, _run_phase)
+
     def run(
         self,
         hosts: list[tuple[str, int]],
@@ -258,25 +305,11 @@ class LoadGenerator:
         want_ids: bool = False,
     ) -> list[Outcome]:
         """Spread requests (round robin) and connections over the workers; all start together."""
-        workers = min(self.processes, concurrency)
-        for w in range(workers):
-            share = list(requests[w::workers])
-            connections = concurrency // workers + (1 if w < concurrency % workers else 0)
-            worker_rate = None if rate is None else rate * len(share) / len(requests)
-            # Rotate the hosts so that two workers with one connection each use different daemons.
-            rotated = hosts[w % len(hosts) :] + hosts[: w % len(hosts)]
-            self._pipes[w].send(Phase(rotated, share, connections, worker_rate, want_ids))
-        for w in range(workers):
-            if self._pipes[w].recv() != "ready":
-                raise RuntimeError("worker did not get ready")
-        for w in range(workers):
-            self._pipes[w].send("go")
-        return [self._pipes[w].recv() for w in range(workers)]
-
-    def close(self) -> None:
-        for pipe in self._pipes:
-            pipe.send(None)
-        for proc in self._procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
+        return self.dispatch(
+            [
+                Phase(hosts_w, share, conns, worker_rate, want_ids)
+                for hosts_w, share, conns, worker_rate in spread(
+                    requests, concurrency, rate, hosts, self.processes
+                )
+            ]
+        )
