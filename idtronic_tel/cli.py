@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     scope.add_argument("--cardholder")
     scope.add_argument("--merchant")
 
+    rekey = commands.add_parser("rekey", help="re-encrypt stored data under the current keys (key rotation)")
+    rekey.add_argument("--check", action="store_true", help="only count what still needs a previous key")
     commands.add_parser("status", help="links, queues and counts")
     backup = commands.add_parser("backup", help="copy the SQLite database, daemon running or not")
     backup.add_argument("destination", type=Path, help="a new file")
@@ -151,6 +153,28 @@ def _backup(url: str, destination: Path) -> dict[str, Any]:
         source.close()
         target.close()
     return {"backup": str(destination), "bytes": destination.stat().st_size}
+
+
+def _rekey(core: Core, check: bool) -> dict[str, Any]:
+    """Column by column, batch by batch, each batch its own short transaction (core/rekey.py)."""
+    from .core.rekey import COLUMNS
+
+    columns: dict[str, dict[str, int]] = {}
+    for column in COLUMNS:
+        batches = []
+        after: int | None = 0
+        while after is not None:
+            batches.append(_done(core.rekey_batch(column, after, check)))
+            after = batches[-1].after
+        counts = (
+            {"previous_key": sum(b.stale for b in batches)}
+            if check
+            else {"rewritten": sum(b.written for b in batches)}
+        )
+        columns[column] = {**counts, "unreadable": sum(b.unreadable for b in batches)}
+    merchants = _done(core.merchants_not_rehashed())
+    remaining = sum(c.get("previous_key", 0) + c["unreadable"] for c in columns.values()) + len(merchants)
+    return {"check": check, "columns": columns, "merchants_not_rehashed": merchants, "remaining": remaining}
 
 
 def _print(value: Any) -> None:
@@ -256,6 +280,15 @@ def _dispatch(args: argparse.Namespace, config: Config, argv: list[str]) -> int:
         _print({"suspended": False})
     elif args.command == "status":
         _print(_status(config, core))
+    elif args.command == "rekey":
+        report = _rekey(core, args.check)
+        _print(report)
+        if args.check and report["remaining"]:
+            sys.stderr.write(
+                f"idtronic-tel: {report['remaining']} values still need a previous key (or no configured "
+                "key opens them): keep the previous keys (docs/operations.md, Key rotation)\n"
+            )
+            return EXIT_FAILURE
     return EXIT_OK
 
 

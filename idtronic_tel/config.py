@@ -13,7 +13,8 @@ Paths:
   `<data_dir>/hmac.key`; `prepare_data_dir` creates those on first start.
 
 Key files (`data.key`, `hmac.key`) hold 32 random bytes, base64-encoded (what `prepare_data_dir` writes)
-or as 64 hex digits. Key files must not be accessible by group or others (chmod 600); secret files
+or as 64 hex digits; `keys.data_key_previous_files` / `keys.hmac_key_previous_files` list previous keys
+(key rotation, same format). Key files must not be accessible by group or others (chmod 600); secret files
 (`ami.secret_file`, `smpp.bind[].password_file`) may be group-readable (root:idtronic 0640) but not
 world-readable. Secret values never appear in error messages.
 
@@ -59,6 +60,10 @@ from .config_sources import (
 DEFAULT_DATA_DIR = Path("idtronic-data")
 DATABASE_FILE = "idtronic.db"
 _KEY_FILES = {"data_key_file": ("data_key", DATA_KEY_FILE), "hmac_key_file": ("hmac_key", HMAC_KEY_FILE)}
+_PREVIOUS_KEY_FILES = {
+    "data_key_previous_files": "data_key_previous",
+    "hmac_key_previous_files": "hmac_key_previous",
+}
 
 
 def _resolve_secret(values: dict[str, Any], section: str, index: int | None, default: Path | None) -> None:
@@ -117,6 +122,11 @@ def _key_values(values: dict[str, Any], data_dir: Path) -> None:
     for file_key, (field_name, default) in _KEY_FILES.items():
         path = Path(values.pop(file_key, data_dir / default))
         values[field_name] = read_key(f"keys.{file_key}", path)
+    for list_key, field_name in _PREVIOUS_KEY_FILES.items():
+        paths = values.pop(list_key, ())
+        values[field_name] = tuple(
+            read_key(f"keys.{list_key}[{index}]", Path(path)) for index, path in enumerate(paths, 1)
+        )
 
 
 def _bind(raw: Raw, index: int, table: dict[str, Any]) -> SmppBindConfig:
@@ -181,6 +191,7 @@ def _cross_checks(raw: Raw, config: Config) -> None:
         raise ConfigError(
             "keys.hmac_key_file: holds the same key as keys.data_key_file; use two different keys"
         )
+    _check_previous_keys(config)
     seen: dict[str, int] = {}
     for index, bind in enumerate(config.smpp.binds):
         if bind.name in seen:
@@ -188,6 +199,22 @@ def _cross_checks(raw: Raw, config: Config) -> None:
                 key_name(BIND, "name", index), bind.name, f"already used by smpp.bind[{seen[bind.name] + 1}]"
             )
         seen[bind.name] = index
+
+
+def _check_previous_keys(config: Config) -> None:
+    """A previous key equal to a current one is a mistake in the rotation (the new key not in place)."""
+    keys = config.keys
+    for name, current, previous in (
+        ("data_key", keys.data_key, keys.data_key_previous),
+        ("hmac_key", keys.hmac_key, keys.hmac_key_previous),
+    ):
+        for index, key in enumerate(previous, 1):
+            if key in (keys.data_key, keys.hmac_key) or key in previous[: index - 1]:
+                same = f"keys.{name}_file" if key == current else "another configured key"
+                raise ConfigError(
+                    f"keys.{name}_previous_files[{index}]: holds the same key as {same}; "
+                    "list each previous key once, and put the new key in place first (docs/operations.md)"
+                )
 
 
 def _build(raw: Raw, data_dir: Path) -> Config:

@@ -94,6 +94,9 @@ class ApiConfig:
 class KeysConfig:
     data_key: bytes = setting(b"", hidden=True)  # AES-256-GCM: card digits, queued SMS texts
     hmac_key: bytes = setting(b"", hidden=True)  # HMAC-SHA-256: tokens, card fingerprints, sessions
+    # Key rotation: older keys still read (ciphertexts) and still accepted (digests); never written with.
+    data_key_previous: tuple[bytes, ...] = setting((), hidden=True)
+    hmac_key_previous: tuple[bytes, ...] = setting((), hidden=True)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ SECTIONS: dict[str, type[Any]] = {
 BIND = "smpp.bind"  # pseudo-section: one [[smpp.bind]] table
 SECRET_KEYS = {"api": "operator_key", "ami": "secret", BIND: "password"}  # each has a `<key>_file` twin
 KEY_FILE_KEYS = ("data_key_file", "hmac_key_file")  # [keys]: the keys come from files only
+KEY_FILE_LISTS = ("data_key_previous_files", "hmac_key_previous_files")  # [keys]: key rotation
 _HIDDEN = frozenset(
     f.name for cls in (*SECTIONS.values(), SmppBindConfig) for f in fields(cls) if f.metadata.get("hidden")
 )
@@ -53,7 +54,7 @@ def section_keys(section: str) -> dict[str, str]:
     if section in SECRET_KEYS:
         found[SECRET_KEYS[section] + "_file"] = "path"
     if section == "keys":
-        found |= dict.fromkeys(KEY_FILE_KEYS, "path")
+        found |= dict.fromkeys(KEY_FILE_KEYS, "path") | dict.fromkeys(KEY_FILE_LISTS, "list")
     return found
 
 

@@ -56,7 +56,9 @@ def core_settings(config: Config) -> CoreSettings:
 
 def core_rules(config: Config, clock: Callable[[], dt.datetime] = utcnow) -> Rules:
     """The core's settings, keys and clock (the command line, tests and benchmarks build theirs here)."""
-    return Rules(core_settings(config), Vault(config.keys.data_key, config.keys.hmac_key), clock)
+    keys = config.keys
+    vault = Vault(keys.data_key, keys.hmac_key, keys.data_key_previous, keys.hmac_key_previous)
+    return Rules(core_settings(config), vault, clock)
 
 
 @dataclass

@@ -264,14 +264,14 @@ def _card_matches(
     pan = first8 + last8
     if not luhn_valid(pan) or not rules.prefixes.accepts(pan):
         return False, "Luhn check failed"
-    fingerprint = rules.vault.digest("card", pan)
+    fingerprints = rules.vault.digests("card", pan)  # a card enrolled before a key rotation too
     other = s.scalar(
-        select(Cardholder.id).where(Cardholder.card_fingerprint == fingerprint, Cardholder.id != holder.id)
+        select(Cardholder.id).where(Cardholder.card_fingerprint.in_(fingerprints), Cardholder.id != holder.id)
     )
     if other is not None:
         return False, "card already enrolled"
     holder.card_enc = rules.vault.encrypt("card", pan)
-    holder.card_fingerprint = fingerprint
+    holder.card_fingerprint = fingerprints[0]
     return True, ""
 
 

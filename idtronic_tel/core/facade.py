@@ -13,7 +13,19 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from . import activity, budget, callbacks, enrollment, merchants, outbox, payments, profile, suspension, views
+from . import (
+    activity,
+    budget,
+    callbacks,
+    enrollment,
+    merchants,
+    outbox,
+    payments,
+    profile,
+    rekey,
+    suspension,
+    views,
+)
 from .db import DBPool
 from .handoff import create_payment
 from .merchants import MerchantAuth
@@ -220,6 +232,13 @@ class Core:
     def activity(self, limit: int) -> Deferred[dict[str, list[dict[str, Any]]]]:
         """The latest payments, SMS, callbacks and audit entries (the operator's console)."""
         return self.pool.run(activity.recent, limit)
+
+    # ---- key rotation (core/rekey.py) ---------------------------------------------------------------
+    def rekey_batch(self, column: str, after: int, check: bool) -> Deferred[rekey.Batch]:
+        return self._run(rekey.batch, column, after, check)
+
+    def merchants_not_rehashed(self) -> Deferred[list[dict[str, str]]]:
+        return self._run(merchants.not_rehashed)
 
     def ping_database(self) -> Deferred[bool]:
         return self.pool.run(lambda s: s.scalar(select(1)) == 1)

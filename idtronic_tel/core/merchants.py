@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from . import audit, views
@@ -48,6 +48,7 @@ def add(s: Session, rules: Rules, name: str, domain: str | None) -> views.Mercha
         name=name,
         domain=domain,
         key_digest=key_digest(rules, key),
+        digest_key_id=rules.vault.hmac_key_id,
         key_hint=key[: len(KEY_PREFIX) + 4],
         created_at=rules.now(),
     )
@@ -67,6 +68,7 @@ def rotate_key(s: Session, rules: Rules, merchant_id: str) -> views.MerchantKey:
     merchant = _active(s, merchant_id)
     key = random_key(KEY_PREFIX)
     merchant.key_digest = key_digest(rules, key)
+    merchant.digest_key_id = rules.vault.hmac_key_id
     merchant.key_hint = key[: len(KEY_PREFIX) + 4]
     audit.record(s, rules, "operator", "merchant.rotate-key", f"merchant:{merchant_id}")
     return views.MerchantKey(merchant_id, merchant.name, merchant.domain, key)
@@ -91,11 +93,45 @@ def listing(s: Session) -> views.MerchantList:
 
 
 def authenticate(s: Session, rules: Rules, key: str) -> MerchantAuth | None:
+    """The merchant of an API key whose digest is under the current or a previous hmac.key. A digest
+    under a previous key (or of unknown key: written before key ids) is stored again under the current
+    one: the key itself exists only here, so this is the only moment it can be (docs/operations.md)."""
+    digests = rules.vault.digests("merchant-key", key)
     row = s.execute(
         select(
-            Merchant.id, Merchant.name, Merchant.domain, Merchant.suspended, Merchant.notice, Merchant.active
-        ).where(Merchant.key_digest == key_digest(rules, key))
+            Merchant.id,
+            Merchant.name,
+            Merchant.domain,
+            Merchant.suspended,
+            Merchant.notice,
+            Merchant.active,
+            Merchant.key_digest,
+            Merchant.digest_key_id,
+        ).where(Merchant.key_digest.in_(digests))
     ).first()
     if row is None or not row.active:
         return None
+    if (row.key_digest, row.digest_key_id) != (digests[0], rules.vault.hmac_key_id):
+        # Conditional: a concurrent rotate-key wins.
+        s.execute(
+            update(Merchant)
+            .where(Merchant.id == row.id, Merchant.key_digest == row.key_digest)
+            .values(key_digest=digests[0], digest_key_id=rules.vault.hmac_key_id)
+        )
+        if row.key_digest != digests[0]:
+            audit.record(s, rules, "system", "merchant.key-rehashed", f"merchant:{row.id}")
     return MerchantAuth(row.id, row.name, row.domain, row.suspended, row.notice)
+
+
+def not_rehashed(s: Session, rules: Rules) -> list[dict[str, str]]:
+    """Active merchants whose key digest is not known to be under the current hmac.key: they have not
+    authenticated since it became current (`idtronic-tel rekey --check`)."""
+    rows = s.execute(
+        select(Merchant.id, Merchant.name)
+        .where(
+            Merchant.active,
+            (Merchant.digest_key_id != rules.vault.hmac_key_id) | Merchant.digest_key_id.is_(None),
+        )
+        .order_by(Merchant.created_at)
+    )
+    return [{"id": row.id, "name": row.name} for row in rows]

@@ -76,6 +76,8 @@ class Merchant(Base):
     name: Mapped[str] = mapped_column(String(200))
     domain: Mapped[str | None] = mapped_column(String(253))
     key_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    # The hmac.key id (crypto.key_id) key_digest was computed with; NULL: written before key rotation.
+    digest_key_id: Mapped[str | None] = mapped_column(String(16))
     key_hint: Mapped[str] = mapped_column(String(20))  # prefix + 4 chars, for the operator's listings
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     suspended: Mapped[bool] = mapped_column(Boolean, default=False)

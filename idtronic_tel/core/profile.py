@@ -89,9 +89,8 @@ def open_session(s: Session, rules: Rules, identifier: str, token: str) -> views
 
 
 def _session_holder(s: Session, rules: Rules, secret: str) -> Cardholder:
-    session = s.scalar(
-        select(ProfileSession).where(ProfileSession.session_digest == rules.vault.digest("session", secret))
-    )
+    digests = rules.vault.digests("session", secret)
+    session = s.scalar(select(ProfileSession).where(ProfileSession.session_digest.in_(digests)))
     now = rules.now()
     idle = dt.timedelta(seconds=rules.settings.profile.session_idle)
     if session is None or session.closed or session.last_seen_at + idle <= now:
@@ -102,6 +101,7 @@ def _session_holder(s: Session, rules: Rules, secret: str) -> Cardholder:
         raise SessionInvalid("the session is unknown or expired: ask for a new code")
     assert holder is not None
     session.last_seen_at = now
+    session.session_digest = digests[0]  # a session opened under a previous hmac.key moves to the current
     return holder
 
 
