@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from . import endpoints
 from .api.app import build_router
+from .api.fastpath import FastFront
 from .api.front import Front
 from .api.metrics import MetricsResource
 from .api.resource import ApiResource
@@ -170,7 +171,7 @@ def build(
         config.api.operator_key,
         role.describe,
     )
-    site = Front(ApiResource(core, router, config.http, config.api), config.http, reactor)
+    site = FastFront(ApiResource(core, router, config.http, config.api), config.http, reactor)
     http = (
         serverFromString(reactor, config.http.listen)
         if role.first

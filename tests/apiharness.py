@@ -14,7 +14,7 @@ from domain_helpers import FIRST8, LAST8
 from twisted.internet import reactor
 
 from idtronic_tel.api.app import build_router
-from idtronic_tel.api.front import Front
+from idtronic_tel.api.fastpath import FastFront
 from idtronic_tel.api.resource import ApiResource
 from idtronic_tel.config_schema import ApiConfig, CallbackConfig, Config
 from idtronic_tel.core.db import DBPool, make_engine
@@ -71,7 +71,7 @@ class ApiHarness:
             operator_key=config.api.operator_key,
         )
         self.resource = ApiResource(self.core, router, config.http, config.api, limiter_clock)
-        self.site = Front(self.resource, config.http, reactor)
+        self.site = FastFront(self.resource, config.http, reactor)  # the daemon's API listener
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"
 

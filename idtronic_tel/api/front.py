@@ -118,6 +118,12 @@ class GuardedChannel(HTTPChannel):
         self.site.connection_closed(self.address)
         super().connectionLost(reason)
 
+    def take_over(self, data: bytes, header_seconds: float) -> None:
+        """Read the connection from here on, `data` first (api/fastpath.py hands a connection over with the
+        bytes of the request it does not serve), the request line and headers due within `header_seconds`."""
+        self._arm(header_seconds, "header_timeout")
+        self.dataReceived(data)
+
     def refuse(self, error: ApiError, reason: str) -> None:
         """Answer `error` and close, reading nothing more."""
         if self.refused:
@@ -169,11 +175,20 @@ class Front(server.Site):
         self._open: Tally[str] = Tally()
 
     def buildProtocol(self, addr: IAddress) -> GuardedChannel | None:  # type: ignore[override]
+        address = self.admit(addr)
+        return None if address is None else self.guarded(address)
+
+    def admit(self, addr: IAddress) -> str | None:
+        """The address's key, counted as one more connection; None when it holds too many already."""
         address = str(getattr(addr, "host", "local"))
         if self._open[address] >= self.http.max_connections_per_address:
             REFUSED.labels("too_many_connections").inc()
             return None  # Twisted closes the socket at once
         self._open[address] += 1
+        return address
+
+    def guarded(self, address: str) -> GuardedChannel:
+        """A channel for a connection of `address` (already admitted)."""
         channel = GuardedChannel(self.http, address, self.reactor)
         channel.factory = self
         channel.site = self

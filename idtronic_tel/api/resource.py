@@ -27,7 +27,7 @@ from ..core.errors import DomainError
 from ..core.facade import Core
 from .errors import REASONS, SUSPENDED_RETRY_AFTER, ApiError, from_domain
 from .ratelimit import per_hour, per_minute
-from .routing import Call, Reply, Route, Router
+from .routing import Call, Incoming, Reply, Route, Router
 
 log = Logger()
 
@@ -64,15 +64,17 @@ class ApiResource(Resource):
         self._payment_limit = per_minute(api.merchant_payments_per_minute, clock)
         self._public_limit = per_minute(api.public_requests_per_minute, clock)
         self._identifier_limit = per_hour(api.identifier_requests_per_hour, clock)
+        self._observed: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def render(self, request: IRequest) -> int:
         started = time.perf_counter()
-        d = Deferred.fromCoroutine(self._handle(request))
+        d = Deferred.fromCoroutine(self.answer(request))
         d.addCallback(self._write, request, started)
         d.addErrback(lambda failure: log.failure("writing a response failed", failure))
         return server.NOT_DONE_YET
 
-    async def _handle(self, request: IRequest) -> tuple[str, Reply]:
+    async def answer(self, request: Incoming) -> tuple[str, Reply]:
+        """(the route's template for the metrics, the reply): never raises."""
         method = request.method.decode("ascii", "replace")  # a token: Twisted checked the request line
         try:
             path = _path(request)
@@ -97,7 +99,7 @@ class ApiResource(Resource):
             log.failure("unexpected error on {method} {route}", method=method, route=route.template)
             return route.template, _error(ApiError("unavailable", "internal error, try again"), status=500)
 
-    async def _dispatch(self, route: Route, params: dict[str, str], request: IRequest) -> Reply:
+    async def _dispatch(self, route: Route, params: dict[str, str], request: Incoming) -> Reply:
         call = Call(request, params, {}, self._client(request))
         await self._authenticate(route, call)
         if route.suspendable:
@@ -171,7 +173,7 @@ class ApiResource(Resource):
         if wait:
             raise ApiError("rate_limited", "too many requests, slow down", int(wait))
 
-    def _read_body(self, request: IRequest) -> bytes:
+    def _read_body(self, request: Incoming) -> bytes:
         # The front (api/front.py) refused larger bodies while reading; this holds behind any site.
         limit = self._http.max_body_bytes
         content = request.content
@@ -183,7 +185,7 @@ class ApiResource(Resource):
             raise ApiError("unsupported_media_type", "send the body as application/json")
         return raw
 
-    def _client(self, request: IRequest) -> str:
+    def _client(self, request: Incoming) -> str:
         if self._http.trust_forwarded_for:
             forwarded = _header(request, "x-forwarded-for")
             if forwarded:
@@ -200,6 +202,15 @@ class ApiResource(Resource):
             request.setHeader(name, value)
         for cookie in reply.cookies:
             request.responseHeaders.addRawHeader(b"set-cookie", cookie.encode())
+        payload = self.finish(template, reply, request.method, started)
+        if getattr(request, "_disconnected", False):
+            return
+        request.setHeader("content-length", str(len(payload)))  # no chunked encoding for small bodies
+        request.write(payload)
+        request.finish()
+
+    def finish(self, template: str, reply: Reply, method: bytes, started: float) -> bytes:
+        """The reply's body as bytes, the request counted in the metrics."""
         if reply.body is None:
             payload = b""
         elif isinstance(reply.body, bytes):
@@ -208,14 +219,16 @@ class ApiResource(Resource):
             # backslashreplace: a lone surrogate stored before the API refused them stays valid JSON.
             payload = json.dumps(reply.body, ensure_ascii=False).encode("utf-8", "backslashreplace")
         elapsed = time.perf_counter() - started
-        method = request.method.decode("ascii", "replace")
-        REQUESTS.labels(template, method if method in _METHODS else "other", str(reply.status)).inc()
-        LATENCY.labels(template).observe(elapsed)
-        if getattr(request, "_disconnected", False):
-            return
-        request.setHeader("content-length", str(len(payload)))  # no chunked encoding for small bodies
-        request.write(payload)
-        request.finish()
+        name = method.decode("ascii", "replace")
+        key = (template, name if name in _METHODS else "other", reply.status)
+        observed = self._observed.get(key)
+        if observed is None:
+            # Each series' children looked up once, not per request (the keys are as bounded as the labels).
+            requests = REQUESTS.labels(key[0], key[1], str(key[2]))
+            observed = self._observed[key] = (requests, LATENCY.labels(template))
+        observed[0].inc()
+        observed[1].observe(elapsed)
+        return payload
 
 
 def _error(exc: ApiError, status: int | None = None, allow: list[str] | None = None) -> Reply:
@@ -228,7 +241,7 @@ def _error(exc: ApiError, status: int | None = None, allow: list[str] | None = N
     return Reply(status or exc.status, body, headers)
 
 
-def _path(request: IRequest) -> str:
+def _path(request: Incoming) -> str:
     """The request's path: printable ASCII, as HTTP requires of a request target."""
     path = request.path
     if not _PATH.fullmatch(path):
@@ -239,7 +252,7 @@ def _path(request: IRequest) -> str:
     return path.decode("ascii")
 
 
-def _header(request: IRequest, name: str) -> str | None:
+def _header(request: Incoming, name: str) -> str | None:
     """A request header's value as text, or an ApiError: Twisted decodes it as UTF-8 when asked by a str
     name and lets the error escape."""
     value = request.getHeader(name.encode())

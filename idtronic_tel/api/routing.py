@@ -6,20 +6,34 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO, Protocol
 
-from twisted.web.iweb import IRequest
+from twisted.internet.interfaces import IAddress
 
 from ..core.merchants import MerchantAuth
 from .bodies import BodySchema
 from .errors import ApiError
 
 
+class Incoming(Protocol):
+    """What the API reads of a request: Twisted's Request (IRequest), or the merchant fast path's
+    (api/fastpath.py); the pages, served by Twisted only, read more of IRequest (api/web.py)."""
+
+    method: bytes
+    path: bytes
+    args: Any  # the query string's, as Twisted's Request parses it (IRequest leaves it untyped)
+    content: BinaryIO | None
+
+    def getHeader(self, key: bytes) -> bytes | None: ...
+
+    def getClientAddress(self) -> IAddress: ...
+
+
 @dataclass
 class Call:
     """One request as the handlers see it."""
 
-    request: IRequest
+    request: Incoming
     params: dict[str, str]
     body: dict[str, Any]
     client: str

@@ -12,9 +12,11 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
+from typing import cast
 from urllib.parse import parse_qsl
 
 from twisted.logger import Logger
+from twisted.web.iweb import IRequest
 
 from ..core.errors import DomainError
 from ..core.facade import Core
@@ -257,7 +259,7 @@ class Visit:
     def __init__(self, call: Call, kit: Kit) -> None:
         self.call = call
         self.kit = kit
-        self.request = call.request
+        self.request = cast(IRequest, call.request)  # pages are served by Twisted's channel only
         self.cookies: list[str] = []
         self._form: dict[str, str] | None = None
         browser = self.cookie(BROWSER_COOKIE)
