@@ -46,11 +46,14 @@ class BodySchema:
     fields: tuple[Field, ...]
     _check: Any = field(init=False, repr=False, compare=False)
     _each: dict[str, Any] = field(init=False, repr=False, compare=False)
+    _integers: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # The whole body in one call on the usual path; field by field only to name every problem.
         object.__setattr__(self, "_check", fastjsonschema.compile(self.json_schema()))
         object.__setattr__(self, "_each", {f.name: fastjsonschema.compile(f.schema) for f in self.fields})
+        integers = tuple(f.name for f in self.fields if f.schema.get("type") == "integer")
+        object.__setattr__(self, "_integers", integers)
 
     def json_schema(self) -> dict[str, Any]:
         return {
@@ -65,16 +68,16 @@ class BodySchema:
         document = safejson.loads(raw) if raw.strip() else {}
         if not isinstance(document, dict):
             raise ApiError("invalid_json", "the body must be a JSON object")
-        unknown = sorted(set(document) - set(self._each))
-        if unknown:
+        if document.keys() - self._each.keys():
+            unknown = sorted(document.keys() - self._each.keys())
             raise ApiError("unknown_fields", "unknown fields: " + ", ".join(unknown), fields=unknown)
         try:
             self._check(document)
         except fastjsonschema.JsonSchemaException:
             _raise(self._problems(document))
-        for f in self.fields:  # JSON Schema counts 1.0 as an integer: the core gets an int
-            if f.schema.get("type") == "integer" and isinstance(document.get(f.name), float):
-                document[f.name] = int(document[f.name])
+        for name in self._integers:  # JSON Schema counts 1.0 as an integer: the core gets an int
+            if isinstance(document.get(name), float):
+                document[name] = int(document[name])
         return document
 
     def _problems(self, document: dict[str, Any]) -> dict[str, str]:

@@ -18,9 +18,9 @@ requests answered in order. Operators see no difference but the CPU."""
 from __future__ import annotations
 
 import time
+from collections.abc import Coroutine
 from io import BytesIO
 from typing import Any, BinaryIO, cast
-from urllib.parse import parse_qs
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, ITCPTransport
@@ -39,6 +39,7 @@ from .routing import Reply
 log = Logger()
 
 PREFIX = b"/v1/payments"  # the merchant routes
+Answer = Coroutine[Any, Any, tuple[str, Reply]]  # ApiResource.answer's
 _NO_BODY = (204, 304)  # statuses answered without a body (Twisted's NO_BODY_CODES)
 _SERVER = b"Server: " + server.version + b"\r\n"
 
@@ -52,7 +53,7 @@ class FastRequest:
         self.method = request.method
         path, query, arguments = request.target.partition(b"?")
         self.path = path
-        self.args: Any = parse_qs(arguments, keep_blank_values=True) if query else {}
+        self.args: Any = http.parse_qs(arguments, 1) if query else {}  # as Twisted's Request does
         self.content: BinaryIO | None = BytesIO(request.body)
         self._headers = request.headers
         self._peer = peer
@@ -104,6 +105,7 @@ class FastChannel(Protocol):
         for call in (self._timer, self._abort):
             if call is not None and call.active():
                 call.cancel()
+        self._timer = None
         self._front.connection_closed(self._address)
 
     # -- requests ------------------------------------------------------------------------------------
@@ -134,9 +136,31 @@ class FastChannel(Protocol):
     def _answer(self, request: Request) -> None:
         assert self._peer is not None
         started = time.perf_counter()
-        d = Deferred.fromCoroutine(self._front.api.answer(FastRequest(request, self._peer)))
-        d.addCallback(self._respond, request, started)
-        d.addErrback(self._failed)
+        self._step(self._front.api.answer(FastRequest(request, self._peer)), request, started, None)
+
+    def _step(self, answer: Answer, request: Request, started: float, result: Any) -> None:
+        """Run the resource's coroutine to its next wait (a Deferred of the core), or to its reply. Not
+        Deferred.fromCoroutine: most of what a merchant request awaits has fired already (the key and
+        the suspension state come from caches), and Twisted's driver cost more than all our parsing."""
+        try:
+            if isinstance(result, Failure):
+                awaited = result.throwExceptionIntoGenerator(answer)
+            else:
+                awaited = answer.send(result)
+        except StopIteration as done:
+            self._respond(done.value, request, started)
+            return
+        except Exception:
+            self._failed(Failure())  # answer() answers every error itself: a bug
+            return
+        if not isinstance(awaited, Deferred):
+            answer.close()
+            self._failed(Failure(TypeError(f"the API awaited {awaited!r}, not a Deferred")))
+            return
+        awaited.addBoth(self._resumed, answer, request, started)
+
+    def _resumed(self, result: Any, answer: Answer, request: Request, started: float) -> None:
+        self._step(answer, request, started, result)
 
     def _respond(self, result: tuple[str, Reply], request: Request, started: float) -> None:
         template, reply = result
@@ -167,8 +191,9 @@ class FastChannel(Protocol):
         if self._expires is not None:
             left = max(self._expires - self._clock.seconds(), 0.0)
         self._expires = None
-        if self._timer is not None and self._timer.active():
+        if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
         channel = self._front.guarded(self._address)
         self._twisted = channel
         channel.makeConnection(self.transport)
@@ -191,12 +216,13 @@ class FastChannel(Protocol):
     def _until(self, seconds: float, reason: str) -> None:
         self._reason = reason
         self._expires = self._clock.seconds() + seconds
-        if self._timer is None or not self._timer.active():
+        if self._timer is None:
             self._timer = self._clock.callLater(seconds, self._check)
         elif self._timer.getTime() > self._expires:
             self._timer.reset(seconds)
 
     def _check(self) -> None:
+        self._timer = None  # fired
         if self._expires is None:
             return  # answering: the next phase arms the timer again
         left = self._expires - self._clock.seconds()

@@ -18,6 +18,10 @@ from .errors import ApiError
 HEAD_LIMIT = 16_384  # request line and headers together: Twisted's HTTPChannel.totalHeadersSize
 MAX_HEADERS = 500  # Twisted's HTTPChannel.maxHeaders
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Header lines, each with its CRLF: a token, a colon, the value (one way to match each line: linear time).
+_FIELD = rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):(.*?)\r\n"
+_FIELDS = re.compile(rb"(?:" + _FIELD + rb")*")
+_FIELD_PARTS = re.compile(_FIELD)
 _TARGET = re.compile(rb"[!-~]+")  # printable ASCII, no space
 
 
@@ -81,6 +85,8 @@ class RequestParser:
         return self._head is not None
 
     def next_event(self) -> Event:
+        if not self._buffer and self._head is None:
+            return NEED_DATA
         if self._head is None:
             event = self._read_head()
             if event is not None:
@@ -115,18 +121,15 @@ class RequestParser:
             return _bad("the method must be a token")
         if not _TARGET.fullmatch(target):
             return _bad("the path must be printable ASCII (percent-encode the rest)")
-        lines = block.split(b"\r\n")
-        if len(lines) > MAX_HEADERS + 1:
+        fields = buffer[line_end + 1 : end + 2]
+        if not _FIELDS.fullmatch(fields):
+            return _bad("a header line is not `name: value` (or is folded)")
+        pairs = _FIELD_PARTS.findall(fields)
+        if len(pairs) > MAX_HEADERS:
             return _bad(f"at most {MAX_HEADERS} headers")
-        headers: dict[bytes, bytes] = {}
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon or not _TOKEN.fullmatch(name):
-                return _bad("a header line is not `name: value` (or is folded)")
-            name = name.lower()
-            if name in headers:
-                return HandOver(buffer)  # a repeated header: Twisted's rules for which one counts
-            headers[name] = value.strip(b" \t")
+        headers = {name.lower(): value.strip(b" \t") for name, value in pairs}
+        if len(headers) != len(pairs):
+            return HandOver(buffer)  # a repeated header: Twisted's rules for which one counts
         if b"transfer-encoding" in headers or b"expect" in headers:
             return HandOver(buffer)  # chunked bodies and `100 Continue`: Twisted's
         declared = headers.get(b"content-length", b"0")

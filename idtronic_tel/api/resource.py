@@ -35,6 +35,7 @@ UNMATCHED = "unmatched"  # the route label of requests that match no route (404,
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others: "other"
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 _PATH = re.compile(rb"[!-~]*")  # printable ASCII, no space
+_JSON = json.JSONEncoder(ensure_ascii=False)  # json.dumps makes one per call when given options
 REQUESTS = Counter("idtronic_http_requests", "HTTP requests answered", ["route", "method", "status"])
 LATENCY = Histogram(
     "idtronic_http_request_seconds",
@@ -217,7 +218,7 @@ class ApiResource(Resource):
             payload = reply.body
         else:
             # backslashreplace: a lone surrogate stored before the API refused them stays valid JSON.
-            payload = json.dumps(reply.body, ensure_ascii=False).encode("utf-8", "backslashreplace")
+            payload = _JSON.encode(reply.body).encode("utf-8", "backslashreplace")
         elapsed = time.perf_counter() - started
         name = method.decode("ascii", "replace")
         key = (template, name if name in _METHODS else "other", reply.status)

@@ -47,9 +47,9 @@ def loads(raw: bytes) -> Any:
     if _too_deep(raw):
         raise ApiError("invalid_json", f"the body is not valid JSON or nests deeper than {MAX_DEPTH} levels")
     try:
-        document = json.loads(
-            text, parse_int=_integer, parse_float=_decimal, parse_constant=_constant, strict=True
-        )
+        if text.startswith("\ufeff"):
+            json.loads(text)  # raises json.loads's own error for a BOM, the message clients got before
+        document = _DECODER.decode(text)
     except _Refused as exc:
         raise ApiError("invalid_json", f"the body is not valid JSON: {exc}") from None
     except json.JSONDecodeError as exc:
@@ -92,11 +92,15 @@ def _constant(name: str) -> Any:
     raise _Refused(f"{name} is not JSON")
 
 
+# json.loads makes a decoder per call when given hooks: one for all.
+_DECODER = json.JSONDecoder(parse_int=_integer, parse_float=_decimal, parse_constant=_constant, strict=True)
+
+
 def _checked(document: dict[str, Any]) -> dict[str, Any]:
     """Top-level fields: an unsafe name is an unknown field (400, shown escaped); an unsafe value is refused
     (422), or escaped in free text."""
-    unsafe_names = sorted(escape(name, _UNSAFE) for name in document if _UNSAFE.search(name))
-    if unsafe_names:
+    if any(_UNSAFE.search(name) for name in document):
+        unsafe_names = sorted(escape(name, _UNSAFE) for name in document if _UNSAFE.search(name))
         raise ApiError("unknown_fields", "unknown fields: " + ", ".join(unsafe_names), fields=unsafe_names)
     problems: dict[str, str] = {}
     for name, value in document.items():
