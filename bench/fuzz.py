@@ -1,9 +1,9 @@
-"""Fuzzing (issue 9 §10): Hypothesis runs of the SMPP framer, the FastAGI and AMI codecs and the HTTP body
-parser, each fed hostile bytes (random, and mutations of what a real peer sends). A crash is any exception
-other than the documented error of the code under test; the run ends with 0 crashes or with the smallest
-input that crashes.
+"""Fuzzing (issue 9 §10): Hypothesis runs of the SMPP framer, the FastAGI and AMI codecs, the HTTP request
+parser of the merchant fast path and the HTTP body parser, each fed hostile bytes (random, and mutations of
+what a real peer sends). A crash is any exception other than the documented error of the code under test;
+the run ends with 0 crashes or with the smallest input that crashes.
 
-    .venv/bin/python bench/fuzz.py --examples 100000             # the four targets, one after the other
+    .venv/bin/python bench/fuzz.py --examples 100000             # the five targets, one after the other
     .venv/bin/python bench/fuzz.py --examples 2000 --target ami  # one target
 
 tests/test_fuzz.py runs the same targets with a few hundred examples each. Results: bench/RESULTS.md.
@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from idtronic_tel.api import bodies  # noqa: E402
 from idtronic_tel.api.errors import ApiError  # noqa: E402
+from idtronic_tel.api.http11 import NEED_DATA, HandOver, Refusal, Request, RequestParser  # noqa: E402
 from idtronic_tel.ivr.agi_codec import (  # noqa: E402
     AgiProtocolError,
     EnvParser,
@@ -172,6 +173,16 @@ _BODIES = [
     b'"' + b"[" * 40 + b'"',
     b'{"a": NaN, "b": Infinity, "c": 1e999}',
 ]
+# HTTP requests as merchants send them (api/http11.py reads these; anything else it hands over or refuses).
+_REQUESTS = [
+    b"POST /v1/payments HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer idt_live_k\r\n"
+    b"Content-Type: application/json\r\nIdempotency-Key: order-1\r\nContent-Length: 19\r\n\r\n"
+    b'{"token": "123456"}',
+    b"GET /v1/payments/pay_1?x=1&y HTTP/1.1\r\nHost: api\r\nConnection: keep-alive, close\r\n\r\n",
+    b"POST /v1/payments/pay_1/confirm HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    b"HEAD /v1/payments HTTP/1.1\r\nX:\t a \t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\n\r\n",
+]
 _json_scalars = (
     st.none()
     | st.booleans()
@@ -271,6 +282,20 @@ _SCHEMAS: list[bodies.BodySchema] = [
 ]
 
 
+def check_requests(chunks: list[bytes]) -> None:
+    parser = RequestParser(b"/v1/payments", 200)
+    for chunk in chunks:
+        parser.feed(chunk)
+        while (event := parser.next_event()) is not NEED_DATA:
+            if isinstance(event, Refusal):
+                assert event.error.status in (400, 413), event
+                return
+            if isinstance(event, HandOver):
+                assert event.data, event
+                return
+            assert isinstance(event, Request) and len(event.body) <= 200, event
+
+
 def check_body(schema_and_body: tuple[bodies.BodySchema, bytes]) -> None:
     schema, raw = schema_and_body
     document = schema.parse(raw)
@@ -327,6 +352,12 @@ TARGETS = [
         ),
         check_ami,
         (AmiProtocolError,),
+    ),
+    Target(
+        "http-request",
+        "HTTP/1.1 request parser of the merchant fast path (RequestParser): events only, never raises",
+        stream(mutated(_REQUESTS) | st.binary(max_size=300)),
+        check_requests,
     ),
     Target(
         "http-body",
