@@ -71,9 +71,15 @@ class RequestParser:
         self._max_body = max_body
         self._buffer = b""
         self._head: _Head | None = None  # read, its body not yet complete
+        self._body: list[bytes] = []  # what arrives while a body is incomplete, joined once complete
+        self._body_size = 0
 
     def feed(self, data: bytes) -> None:
-        self._buffer = self._buffer + data if self._buffer else data
+        if self._head is not None:
+            self._body.append(data)  # not added to the buffer chunk by chunk: large bodies cost linear time
+            self._body_size += len(data)
+        else:
+            self._buffer = self._buffer + data if self._buffer else data
 
     @property
     def started(self) -> bool:
@@ -93,8 +99,11 @@ class RequestParser:
                 return event
         head = self._head
         assert head is not None
-        if len(self._buffer) < head.length:
+        if len(self._buffer) + self._body_size < head.length:
             return NEED_DATA
+        if self._body:
+            self._buffer = b"".join([self._buffer, *self._body])
+            self._body, self._body_size = [], 0
         body, self._buffer = self._buffer[: head.length], self._buffer[head.length :]
         self._head = None
         return Request(head.method, head.target, head.headers, body, head.close)
