@@ -1,6 +1,6 @@
 """The merchant fast path (api/fastpath.py): the same answers as Twisted's channel byte for byte (but the
 Date), keep-alive and pipelining, the hand-over of other requests, and the front's limits (deadlines,
-body size, connections per address) on its own connections."""
+body size, connections per address, reading paused while a request is answered) on its own connections."""
 
 from __future__ import annotations
 
@@ -22,7 +22,10 @@ from twisted.internet.testing import StringTransport
 
 from idtronic_tel.api.fastpath import FastChannel, FastFront
 from idtronic_tel.api.front import Front, GuardedChannel
-from idtronic_tel.config_schema import HttpConfig
+from idtronic_tel.api.http11 import HEAD_LIMIT
+from idtronic_tel.api.resource import ApiResource
+from idtronic_tel.api.routing import Route, Router
+from idtronic_tel.config_schema import ApiConfig, HttpConfig
 
 
 @pytest.fixture
@@ -211,3 +214,28 @@ def test_connections_per_address_are_counted_on_both_paths(harness: ApiHarness) 
     fast.connectionLost()
     handed.connectionLost()
     assert front.site._open == {}
+
+
+class Waiting:
+    """A core whose key check never answers: the request stays in the resource's hands."""
+
+    def authenticate_merchant(self, key: str) -> Deferred[None]:
+        return Deferred()
+
+
+def test_bytes_beyond_one_request_while_one_is_answered_pause_reading() -> None:
+    async def never(call: Any) -> Any:
+        raise AssertionError("not reached")
+
+    http = HttpConfig(max_body_bytes=1024)
+    router = Router([Route("GET", "/v1/payments/{id}", never, "merchant", "", {})])
+    resource = ApiResource(Waiting(), router, http, ApiConfig())  # type: ignore[arg-type]
+    site = FastFront(resource, http, Clock())
+    channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.1", 40000))
+    assert channel is not None
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 40000))
+    channel.makeConnection(transport)
+    channel.dataReceived(request("GET", "/v1/payments/p", "Authorization: Bearer k", close=False))
+    assert transport.producerState == "producing"
+    channel.dataReceived(b"GET /v1/payments/p HTTP/1.1\r\nX: " + b"y" * (HEAD_LIMIT + 1024))
+    assert transport.producerState == "paused" and transport.value() == b""

@@ -23,7 +23,7 @@ from io import BytesIO
 from typing import Any, BinaryIO, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, ITCPTransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -32,7 +32,7 @@ from twisted.web import http, server
 from ..config_schema import HttpConfig
 from .errors import REASONS, ApiError
 from .front import REFUSED, Front, GuardedChannel, raw_answer
-from .http11 import NEED_DATA, HandOver, Refusal, Request, RequestParser
+from .http11 import HEAD_LIMIT, NEED_DATA, HandOver, Refusal, Request, RequestParser
 from .resource import ApiResource
 from .routing import Reply
 
@@ -83,6 +83,8 @@ class FastChannel(Protocol):
         self._timer: IDelayedCall | None = None
         self._abort: IDelayedCall | None = None
         self._peer: IAddress | None = None
+        self._paused = False  # reading stopped: too many bytes arrived while a request is answered
+        self._most = HEAD_LIMIT + front.http.max_body_bytes  # what one request may hold
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -94,6 +96,11 @@ class FastChannel(Protocol):
             self._twisted.dataReceived(data)
         elif not self._closed:
             self._parser.feed(data)
+            if self._busy and not self._paused and self._parser.buffered > self._most:
+                # Pipelined bytes beyond a whole request wait in the socket, not in memory.
+                assert self.transport is not None
+                self._paused = True
+                cast(IPushProducer, self.transport).pauseProducing()
             self._serve()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -176,6 +183,9 @@ class FastChannel(Protocol):
             self.transport.loseConnection()
             return
         self._busy = False
+        if self._paused:
+            self._paused = False
+            cast(IPushProducer, self.transport).resumeProducing()
         self._until(self._http.header_timeout, "header_timeout")
         self._serve()
 

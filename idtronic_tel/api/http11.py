@@ -87,6 +87,11 @@ class RequestParser:
         return bool(self._buffer) or self._head is not None
 
     @property
+    def buffered(self) -> int:
+        """Bytes received and not yet taken as a request."""
+        return len(self._buffer) + self._body_size
+
+    @property
     def in_body(self) -> bool:
         return self._head is not None
 
