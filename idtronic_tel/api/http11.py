@@ -23,6 +23,11 @@ _FIELD = rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):(.*?)\r\n"
 _FIELDS = re.compile(rb"(?:" + _FIELD + rb")*")
 _FIELD_PARTS = re.compile(_FIELD)
 _TARGET = re.compile(rb"[!-~]+")  # printable ASCII, no space
+# A whole well-formed head in one match (the usual case); anything else is sorted out line by line.
+_PLAIN = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([!-~]+) HTTP/1\.1\r\n"
+    rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:.*?\r\n)*)\r\n"
+)
 
 
 @dataclass(slots=True, frozen=True)
@@ -116,6 +121,9 @@ class RequestParser:
     def _read_head(self) -> Event | None:
         """None once self._head is set, or the event that ends the head's reading."""
         buffer = self._buffer
+        plain = _PLAIN.match(buffer)
+        if plain is not None and plain.end() <= HEAD_LIMIT and self._ours(plain[2]):
+            return self._take(plain[1], plain[2], plain[3], plain.end())
         line_end = buffer.find(b"\n")
         if line_end < 0:
             return HandOver(buffer) if len(buffer) > HEAD_LIMIT else NEED_DATA
@@ -138,14 +146,18 @@ class RequestParser:
         fields = buffer[line_end + 1 : end + 2]
         if not _FIELDS.fullmatch(fields):
             return _bad("a header line is not `name: value` (or is folded)")
+        return self._take(method, target, fields, end + 4)
+
+    def _take(self, method: bytes, target: bytes, fields: bytes, size: int) -> Event | None:
+        """The head's checks once its lines are well formed (`size`: its bytes, blank line included)."""
         pairs = _FIELD_PARTS.findall(fields)
         if len(pairs) > MAX_HEADERS:
             return _bad(f"at most {MAX_HEADERS} headers")
         headers = {name.lower(): value.strip(b" \t") for name, value in pairs}
         if len(headers) != len(pairs):
-            return HandOver(buffer)  # a repeated header: Twisted's rules for which one counts
+            return HandOver(self._buffer)  # a repeated header: Twisted's rules for which one counts
         if b"transfer-encoding" in headers or b"expect" in headers:
-            return HandOver(buffer)  # chunked bodies and `100 Continue`: Twisted's
+            return HandOver(self._buffer)  # chunked bodies and `100 Continue`: Twisted's
         declared = headers.get(b"content-length", b"0")
         if not declared.isdigit():
             return _bad("Content-Length must be digits")
@@ -156,7 +168,7 @@ class RequestParser:
         connection = headers.get(b"connection", b"").lower()
         close = b"close" in (token.strip() for token in connection.split(b","))
         self._head = _Head(method, target, headers, length, close)
-        self._buffer = buffer[end + 4 :]
+        self._buffer = self._buffer[size:]
         return None
 
     def _ours(self, target: bytes) -> bool:
