@@ -1,15 +1,17 @@
-"""The statements of the payment hot paths (create, confirm), built once, and the one write path of each
-operation: on PostgreSQL the writes go as one statement (data-modifying WITH clauses; foreign keys are
-checked at the end of the statement), elsewhere one by one. Callers do not know which."""
+"""The statements of the payment hot paths (create, confirm), built once and run on the driver
+(driver.py), their rows, and the one write path of each operation: on PostgreSQL the writes go as one
+statement (data-modifying WITH clauses; foreign keys are checked at the end of the statement), elsewhere
+one by one. Callers do not know which."""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, Insert, Table, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Insert, Select, Table, and_, bindparam, func, insert, select, update
 
 from . import tokens
+from .driver import Statement
 from .models import AuditEntry, Cardholder, Challenge, IdempotencyRecord, Payment, SmsMessage
 from .states import PaymentStatus
 
@@ -21,18 +23,15 @@ _holders = cast(Table, Cardholder.__table__)
 _challenges = cast(Table, Challenge.__table__)
 _sms = cast(Table, SmsMessage.__table__)
 _idempotency = cast(Table, IdempotencyRecord.__table__)
-INSERT_PAYMENT = insert(_payments)
 _audit_log = cast(Table, AuditEntry.__table__)
-INSERT_AUDIT = insert(_audit_log)
-INSERT_IDEMPOTENCY = insert(_idempotency)
-IDEMPOTENT_ANSWER = select(
+_IDEMPOTENT_ANSWER = select(
     _idempotency.c.request_digest, _idempotency.c.status_code, _idempotency.c.response
 ).where(_idempotency.c.merchant_id == bindparam("b_merchant"), _idempotency.c.key == bindparam("b_key"))
 _recent = and_(  # the cardholder's tokens in the rate window: the (cardholder_id, created_at) index
     _challenges.c.cardholder_id == _holders.c.id,
     _challenges.c.created_at > bindparam("b_since", type_=_challenges.c.created_at.type),
 )
-HOLDER = select(
+_HOLDER = select(
     _holders.c.id,
     _holders.c.status,
     _holders.c.locked,
@@ -44,7 +43,7 @@ HOLDER = select(
 ).where(_holders.c.identifier == bindparam("b_identifier"))
 # Row locks on the payment and its cardholder (in that order, as everywhere): concurrent confirms
 # of one payment queue here, and the next one sees it validated.
-LOCK_FOR_CONFIRM = (
+_LOCK_FOR_CONFIRM = (
     select(
         _payments.c.id,
         _payments.c.status,
@@ -63,7 +62,7 @@ LOCK_FOR_CONFIRM = (
     .where(_payments.c.id == bindparam("b_payment"), _payments.c.merchant_id == bindparam("b_merchant"))
     .with_for_update()
 )
-CURRENT_CHALLENGE = (
+_CURRENT_CHALLENGE = (
     select(
         _challenges.c.id,
         _challenges.c.used_at,
@@ -83,9 +82,70 @@ CURRENT_CHALLENGE = (
     .order_by(_challenges.c.id.desc())
     .limit(1)
 )
-_UPDATE_CHALLENGE = update(_challenges).where(_challenges.c.id == bindparam("b_id"))
-_UPDATE_PAYMENT = update(_payments).where(_payments.c.id == bindparam("b_id"))
-_UPDATE_HOLDER = update(_holders).where(_holders.c.id == bindparam("b_id"))
+
+
+class IdempotentAnswer(NamedTuple):
+    request_digest: str
+    status_code: int
+    response: str
+
+
+class Holder(NamedTuple):
+    id: int
+    status: str
+    locked: bool
+    locked_until: dt.datetime | None
+    suspended: bool
+    mobile: str
+    recent: int  # tokens sent in the rate window, and the oldest of them
+    oldest: dt.datetime | None
+
+
+class LockedPayment(NamedTuple):
+    id: str
+    status: str
+    amount: int
+    currency: str
+    reference: str
+    description: str
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    wrong_tokens: int
+    cardholder_id: int
+    locked: bool  # the cardholder's
+    locked_until: dt.datetime | None
+
+
+class CurrentChallenge(NamedTuple):
+    id: int
+    used_at: dt.datetime | None
+    expires_at: dt.datetime
+    merchant_id: str | None
+    amount: int | None
+    currency: str | None
+    token_digest: str
+    sms: str | None
+
+
+def _query(stmt: Select[Any], row: type[tuple[Any, ...]]) -> Statement:
+    """The row type names the statement's columns, in order: checked once, here."""
+    assert row._fields == tuple(stmt.selected_columns.keys()), row  # type: ignore[attr-defined]
+    return Statement(stmt)
+
+
+IDEMPOTENT_ANSWER = _query(_IDEMPOTENT_ANSWER, IdempotentAnswer)
+HOLDER = _query(_HOLDER, Holder)
+LOCK_FOR_CONFIRM = _query(_LOCK_FOR_CONFIRM, LockedPayment)
+CURRENT_CHALLENGE = _query(_CURRENT_CHALLENGE, CurrentChallenge)
+_UPDATE_CHALLENGE = Statement(
+    update(_challenges).where(_challenges.c.id == bindparam("b_id")), ("used_at", "token_enc")
+)
+_UPDATE_PAYMENT = Statement(
+    update(_payments).where(_payments.c.id == bindparam("b_id")), ("status", "validated_at", "finished_at")
+)
+_UPDATE_HOLDER = Statement(
+    update(_holders).where(_holders.c.id == bindparam("b_id")), ("failures", "lock_count", "updated_at")
+)
 
 
 # PostgreSQL only: the writes of a creation, and of a validation, as one statement each.
@@ -109,6 +169,10 @@ _PAYMENT_COLUMNS = (
     "last_token_at",
 )
 _AUDIT_COLUMNS = ("at", "actor", "action", "subject", "detail")
+_IDEMPOTENCY_COLUMNS = ("merchant_id", "key", "request_digest", "status_code", "response", "created_at")
+_INSERT_PAYMENT = Statement(insert(_payments), _PAYMENT_COLUMNS)
+_INSERT_AUDIT = Statement(insert(_audit_log), _AUDIT_COLUMNS)
+INSERT_IDEMPOTENCY = Statement(insert(_idempotency), _IDEMPOTENCY_COLUMNS)
 _new_payment = _bound_insert(_payments, "p_", _PAYMENT_COLUMNS).cte("new_payment")
 _new_challenge = (
     _bound_insert(_challenges, "c_", tokens.CHALLENGE_COLUMNS)
@@ -116,7 +180,7 @@ _new_challenge = (
     .cte("new_challenge")
 )
 _new_audit = _bound_insert(_audit_log, "a_", _AUDIT_COLUMNS).cte("new_audit")
-_CREATE_PG = (
+_CREATE_PG = Statement(
     insert(_sms)
     .from_select(
         [*tokens.SMS_COLUMNS, "challenge_id"],
@@ -125,20 +189,43 @@ _CREATE_PG = (
     .add_cte(_new_payment, _new_audit)
 )
 _now = bindparam("b_now", type_=_payments.c.validated_at.type)
-_VALIDATE_PG = _bound_insert(_audit_log, "a_", _AUDIT_COLUMNS).add_cte(
-    update(_challenges)
-    .where(_challenges.c.id == bindparam("b_challenge"))
-    .values(used_at=_now, token_enc=None)
-    .cte("used_challenge"),
-    update(_payments)
-    .where(_payments.c.id == bindparam("b_payment"))
-    .values(status=PaymentStatus.VALIDATED.value, validated_at=_now, finished_at=_now)
-    .cte("validated_payment"),
-    update(_holders)  # budget.record_success: a success resets the failure counter and lock lengthening
-    .where(_holders.c.id == bindparam("b_holder"))
-    .values(failures=0, lock_count=0, updated_at=_now)
-    .cte("reset_holder"),
+_VALIDATE_PG = Statement(
+    _bound_insert(_audit_log, "a_", _AUDIT_COLUMNS).add_cte(
+        update(_challenges)
+        .where(_challenges.c.id == bindparam("b_challenge"))
+        .values(used_at=_now, token_enc=None)
+        .cte("used_challenge"),
+        update(_payments)
+        .where(_payments.c.id == bindparam("b_payment"))
+        .values(status=PaymentStatus.VALIDATED.value, validated_at=_now, finished_at=_now)
+        .cte("validated_payment"),
+        update(_holders)  # budget.record_success: a success resets the failure counter and lock lengthening
+        .where(_holders.c.id == bindparam("b_holder"))
+        .values(failures=0, lock_count=0, updated_at=_now)
+        .cte("reset_holder"),
+    )
 )
+
+
+def idempotent_answer(conn: Connection, merchant_id: str, key: str) -> IdempotentAnswer | None:
+    values = IDEMPOTENT_ANSWER.first(conn, {"b_merchant": merchant_id, "b_key": key})
+    return None if values is None else IdempotentAnswer._make(values)
+
+
+def holder(conn: Connection, identifier: str, since: dt.datetime) -> Holder | None:
+    """The cardholder, with the count and oldest of its tokens created after `since`."""
+    values = HOLDER.first(conn, {"b_identifier": identifier, "b_since": since})
+    return None if values is None else Holder._make(values)
+
+
+def lock_for_confirm(conn: Connection, payment_id: str, merchant_id: str) -> LockedPayment | None:
+    values = LOCK_FOR_CONFIRM.first(conn, {"b_payment": payment_id, "b_merchant": merchant_id})
+    return None if values is None else LockedPayment._make(values)
+
+
+def current_challenge(conn: Connection, payment_id: str) -> CurrentChallenge | None:
+    values = CURRENT_CHALLENGE.first(conn, {"b_payment": payment_id})
+    return None if values is None else CurrentChallenge._make(values)
 
 
 def _prefixed(**rows: dict[str, Any]) -> dict[str, Any]:
@@ -151,11 +238,11 @@ def write_creation(
 ) -> None:
     """A new payment, its token and SMS, and its audit entry (rows of _PAYMENT_COLUMNS, _AUDIT_COLUMNS)."""
     if conn.dialect.name == "postgresql":
-        conn.execute(_CREATE_PG, _prefixed(p_=payment, c_=token.challenge, s_=token.sms, a_=audit))
+        _CREATE_PG.execute(conn, _prefixed(p_=payment, c_=token.challenge, s_=token.sms, a_=audit))
     else:
-        conn.execute(INSERT_PAYMENT, payment)
+        _INSERT_PAYMENT.execute(conn, payment)
         tokens.store(conn, token)
-        conn.execute(INSERT_AUDIT, audit)
+        _INSERT_AUDIT.execute(conn, audit)
 
 
 def write_validation(
@@ -170,12 +257,17 @@ def write_validation(
     (budget.record_success), the audit entry."""
     if conn.dialect.name == "postgresql":
         params = {"b_challenge": challenge_id, "b_payment": payment_id, "b_holder": holder_id, "b_now": now}
-        conn.execute(_VALIDATE_PG, {**params, **_prefixed(a_=audit)})
+        _VALIDATE_PG.execute(conn, {**params, **_prefixed(a_=audit)})
     else:
-        conn.execute(_UPDATE_CHALLENGE, {"b_id": challenge_id, "used_at": now, "token_enc": None})
-        conn.execute(
-            _UPDATE_PAYMENT,
-            {"b_id": payment_id, "status": PaymentStatus.VALIDATED, "validated_at": now, "finished_at": now},
+        _UPDATE_CHALLENGE.execute(conn, {"b_id": challenge_id, "used_at": now, "token_enc": None})
+        _UPDATE_PAYMENT.execute(
+            conn,
+            {
+                "b_id": payment_id,
+                "status": PaymentStatus.VALIDATED.value,
+                "validated_at": now,
+                "finished_at": now,
+            },
         )
-        conn.execute(_UPDATE_HOLDER, {"b_id": holder_id, "failures": 0, "lock_count": 0, "updated_at": now})
-        conn.execute(INSERT_AUDIT, audit)
+        _UPDATE_HOLDER.execute(conn, {"b_id": holder_id, "failures": 0, "lock_count": 0, "updated_at": now})
+        _INSERT_AUDIT.execute(conn, audit)

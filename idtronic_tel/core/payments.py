@@ -1,8 +1,9 @@
 """Purchases (docs/rules.md §2): a payment, its single-use token and its SMS, created in one transaction;
 confirmation, resend, cancel; merchant isolation (another merchant's payment does not exist).
 
-Create and confirm are the API's hot paths: Core statements built once (payment_sql.py), no ORM unit of
-work on their usual path, the answer built from the values written rather than read back."""
+Create and confirm are the API's hot paths: Core statements built once and run on the driver
+(payment_sql.py, driver.py), no ORM unit of work on their usual path, the answer built from the values
+written rather than read back."""
 
 from __future__ import annotations
 
@@ -87,9 +88,7 @@ def create(
     """Returns (HTTP-like status, payment). Same Idempotency-Key + same body: the first answer."""
     conn = s.connection()
     if idempotency_key is not None:
-        previous = conn.execute(
-            payment_sql.IDEMPOTENT_ANSWER, {"b_merchant": merchant.id, "b_key": idempotency_key}
-        ).first()
+        previous = payment_sql.idempotent_answer(conn, merchant.id, idempotency_key)
         if previous is not None:
             if previous.request_digest != request_digest:
                 raise IdempotencyConflict("this Idempotency-Key was used with another request body")
@@ -97,7 +96,7 @@ def create(
     _semantic_problems(body)
     cfg = rules.settings.tokens
     since = rules.now() - dt.timedelta(seconds=cfg.per_cardholder_window)
-    holder = conn.execute(payment_sql.HOLDER, {"b_identifier": body["identifier"], "b_since": since}).first()
+    holder = payment_sql.holder(conn, body["identifier"], since)
     locked = holder is not None and budget.is_locked(holder, rules.now())
     if holder is None or holder.status != CardholderStatus.ACTIVE or locked or holder.suspended:
         reason = "unknown" if holder is None else ("locked" if locked else holder.status)
@@ -132,7 +131,7 @@ def create(
         "currency": payment.currency,
         "reference": payment.reference,
         "description": payment.description,
-        "status": payment.status,
+        "status": payment.status.value,
         "wrong_tokens": 0,
         "resends": 0,
         "created_at": now,
@@ -142,8 +141,8 @@ def create(
     payment_sql.write_creation(conn, row, drawn, _audit_row(now, merchant, "payment.create", payment.id))
     if idempotency_key is not None:
         try:
-            conn.execute(
-                payment_sql.INSERT_IDEMPOTENCY,
+            payment_sql.INSERT_IDEMPOTENCY.execute(
+                conn,
                 {
                     "merchant_id": merchant.id,
                     "key": idempotency_key,
@@ -228,14 +227,12 @@ def confirm(s: Session, rules: Rules, merchant: MerchantAuth, payment_id: str, t
     """The payment and its cardholder locked and read once; the right token on a live pending payment is
     written in one step (payment_sql.write_validation); anything else is refused by `_refuse`."""
     conn = s.connection()
-    row = conn.execute(
-        payment_sql.LOCK_FOR_CONFIRM, {"b_payment": payment_id, "b_merchant": merchant.id}
-    ).first()
+    row = payment_sql.lock_for_confirm(conn, payment_id, merchant.id)
     if row is None:
         raise NotFound("no such payment")
     now = rules.now()
     if row.status == PaymentStatus.PENDING and row.expires_at > now and not budget.is_locked(row, now):
-        challenge = conn.execute(payment_sql.CURRENT_CHALLENGE, {"b_payment": payment_id}).first()
+        challenge = payment_sql.current_challenge(conn, payment_id)
         if (
             challenge is not None
             and challenge.used_at is None

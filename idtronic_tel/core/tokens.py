@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Table, bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from .crypto import random_digits
+from .driver import Statement
 from .errors import RateLimited
 from .models import Cardholder, Challenge, SmsMessage
 from .rules import Rules
@@ -22,8 +23,6 @@ _challenges = cast(Table, Challenge.__table__)
 _RECENT = select(func.count(), func.min(_challenges.c.created_at)).where(
     _challenges.c.cardholder_id == bindparam("b_holder"), _challenges.c.created_at > bindparam("b_since")
 )
-_INSERT_CHALLENGE = insert(_challenges).returning(_challenges.c.id)
-_INSERT_SMS = insert(cast(Table, SmsMessage.__table__))
 # What `store` inserts (payment_sql.py also builds one PostgreSQL statement from them).
 CHALLENGE_COLUMNS = (
     "cardholder_id",
@@ -51,6 +50,8 @@ SMS_COLUMNS = (
     "expires_at",
     "reason",
 )
+_INSERT_CHALLENGE = Statement(insert(_challenges).returning(_challenges.c.id), CHALLENGE_COLUMNS)
+_INSERT_SMS = Statement(insert(cast(Table, SmsMessage.__table__)), (*SMS_COLUMNS, "challenge_id"))
 
 
 def token_digest(rules: Rules, challenge_purpose: str, token: str) -> str:
@@ -138,8 +139,9 @@ def draw(
 
 
 def store(conn: Connection, drawn: Drawn) -> None:
-    challenge_id = conn.execute(_INSERT_CHALLENGE, drawn.challenge).scalar_one()
-    conn.execute(_INSERT_SMS, {**drawn.sms, "challenge_id": challenge_id})
+    returned = _INSERT_CHALLENGE.first(conn, drawn.challenge)
+    assert returned is not None
+    _INSERT_SMS.execute(conn, {**drawn.sms, "challenge_id": returned[0]})
 
 
 def _sms_row(
@@ -190,7 +192,7 @@ class TextTemplate:
 def queue_notice(s: Session, rules: Rules, holder: Cardholder, text: str, expires: dt.datetime) -> None:
     """An SMS that carries no token (a notice to the cardholder), queued like a token's."""
     row = _sms_row(rules, holder.id, holder.mobile, "notice", text, rules.now(), expires)
-    s.connection().execute(_INSERT_SMS, {**row, "challenge_id": None})
+    _INSERT_SMS.execute(s.connection(), {**row, "challenge_id": None})
 
 
 def live_challenge(challenge: Challenge, now: dt.datetime) -> bool:
