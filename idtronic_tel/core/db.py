@@ -1,7 +1,7 @@
 """Database engine and the thread pool that runs every database call off the reactor thread.
 
-Modelled on buildbot's DBThreadPool: one ThreadPool, `run(fn, *args)` runs `fn(session, *args)` in a
-transaction on a pool thread and returns a Deferred of its (plain) result.
+Modelled on buildbot's DBThreadPool: `run(fn, *args)` runs `fn(session, *args)` in a transaction on a
+pool thread (core/dbexec.py) and returns a Deferred of its (plain) result.
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, inspect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import sessionmaker
-from twisted.internet import threads
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
+from .dbexec import DBExecutor
 from .errors import DomainError
 
 T = TypeVar("T")
@@ -129,22 +128,22 @@ def _retryable(exc: DBAPIError) -> bool:
 class DBPool:
     """Runs database work on its own threads. Call start() when the reactor runs, stop() on shutdown."""
 
-    def __init__(self, reactor: IReactorThreads, engine: Engine, threads_max: int = 8) -> None:
-        self._reactor = reactor
+    def __init__(self, reactor: IReactorThreads, engine: Engine, threads: int = 8) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-        self._pool = ThreadPool(minthreads=1, maxthreads=threads_max, name="idtronic-db")
+        self._executor = DBExecutor(reactor, threads, "idtronic-db")
 
     def start(self) -> None:
-        self._pool.start()
+        self._executor.start()
 
     def stop(self) -> None:
-        self._pool.stop()
+        """Runs the work already queued (its results reach the reactor later), then closes the engine."""
+        self._executor.stop()
         self.engine.dispose()
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
         """`fn(session, *args, **kwargs)` in one transaction on a pool thread, retried on deadlock."""
-        return threads.deferToThreadPool(self._reactor, self._pool, self.run_blocking, fn, *args, **kwargs)
+        return self._executor.submit(self.run_blocking, fn, *args, **kwargs)
 
     def run_blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """The same in the calling thread: for the command line and for tests, never on the reactor.
