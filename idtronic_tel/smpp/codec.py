@@ -42,7 +42,7 @@ from .commands import (
     is_unsupported,
 )
 from .encoding import encode, encode_header_only, encode_submit_sm, generic_nack
-from .layout import layout_problem
+from .layout import layout_problem, parse_into
 
 __all__ = [
     "DEFAULT_MAX_LENGTH",
@@ -202,7 +202,7 @@ class SmppCodec:
 
 def decode(raw: bytes) -> Pdu | Undecodable:
     """Decode one whole PDU (header included). Never raises on malformed input."""
-    _length, command_id, status, sequence = HEADER.unpack_from(raw)
+    length, command_id, status, sequence = HEADER.unpack_from(raw)
     name = COMMAND_NAMES.get(command_id)
     if name is None:
         return Undecodable(command_id, sequence, ESME_RINVCMDID, f"unknown command_id 0x{command_id:08x}")
@@ -210,11 +210,17 @@ def decode(raw: bytes) -> Pdu | Undecodable:
         body = fresh_body(name)
         # SMPP 3.4 §3.3: a response with an error status may come without its body (and some SMSCs
         # drop the body of an OK one too: its message_id is then empty, as before).
-        if not command_id & RESPONSE_BIT or len(raw) > HEADER_LENGTH:
+        if command_id & RESPONSE_BIT and len(raw) == HEADER_LENGTH:
+            body.parse(raw)
+        elif parse_into(name, body, raw, HEADER_LENGTH):
+            # what smpplib's parse sets from the header
+            body.length, body.command, body.status, body.sequence = length, name, status, sequence
+        else:  # not the plain case: the layout check says what is wrong, or smpplib parses the rest
+            body = fresh_body(name)
             problem = layout_problem(name, body, raw, HEADER_LENGTH)
             if problem is not None:
                 return Undecodable(command_id, sequence, problem[0], f"{name}: {problem[1]}")
-        body.parse(raw)
+            body.parse(raw)
     except Exception as exc:
         # smpplib raises a variety of things on truncated or inconsistent bodies (struct.error, KeyError,
         # its own errors, NotImplementedError for commands it names but cannot build): all mean "refuse".

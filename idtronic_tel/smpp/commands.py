@@ -35,7 +35,6 @@ RESPONSE_BIT: Final = 0x80000000
 
 # smpplib's get_command_name walks its table for every PDU; the reverse mapping, once.
 COMMAND_NAMES: Final[dict[int, str]] = {code: name for name, code in command_codes.commands.items()}
-TLV_NAMES: Final[dict[int, str]] = {tag: name for name, tag in smpplib_consts.OPTIONAL_PARAMS.items()}
 # Requests that take no response (SMPP 3.4 §4.12): an undecodable one is not answered either.
 NO_RESPONSE_COMMANDS: Final = frozenset({"alert_notification", "outbind"})
 
