@@ -193,7 +193,7 @@ class SmppBind(MultiService):
 
     def submit(self, fields: dict[str, Any]) -> Deferred[codec.Pdu]:
         """Write one submit_sm now (the caller checked wait_time() == 0). Raises NotBound if the session
-        went away: nothing was written then."""
+        went away: nothing was written then. The caller calls `answered()` once the Deferred fires."""
         protocol = self._submitter.protocol
         if protocol is None:
             raise NotBound(f"bind {self.config.name} is down")
@@ -201,14 +201,14 @@ class SmppBind(MultiService):
         self.bucket.take()
         self.in_flight += 1
         self.submitted += 1
+        return result
 
-        def done(outcome: object) -> object:
-            # No changed() here: the caller decides what to send next once it has handled this outcome
-            # (a throttled message must go again before the next one takes the freed slot).
-            self.in_flight -= 1
-            return outcome
-
-        return result.addBoth(done)
+    def answered(self) -> None:
+        """A submit's outcome is in (response, timeout or connection lost): its window slot is free.
+        Called by the submitter's own callback rather than from one added here (a callback layer less per
+        message); no changed() either: the caller decides what to send next once it has handled this
+        outcome (a throttled message must go again before the next one takes the freed slot)."""
+        self.in_flight -= 1
 
     def stopService(self) -> Deferred[None]:
         """Unbind every connection (each waits for unbind_resp or the response timeout), then stop the

@@ -97,24 +97,23 @@ class Ledger:
                 outcome=outcome.name.lower(),
                 reason=reason,
             )
-        recorded = self._record(job)
+        # The outcome into the outbox: one database call when it works (this is per message).
+        recorded = self._write_outcome(job)
         self._recording.add(recorded)
-
-        def done(_: None) -> None:
-            self.tracker.recorded(job.accepted_ids)
-            self._recording.discard(recorded)
-            self.jobs.discard(job)
-            self._check_idle()
-            self._recorded()
-
-        recorded.addCallback(done)
+        args = (job, recorded)
+        recorded.addCallbacks(self._done, self._record_failed, callbackArgs=args, errbackArgs=args)
         self._check_idle()
 
-    def _record(self, job: Job) -> Deferred[None]:
-        """The outcome into the outbox (one database call when it works: this is per message)."""
-        return self._write_outcome(job).addErrback(
-            lambda failure: Deferred.fromCoroutine(self._record_again(job, failure))
-        )
+    def _done(self, _: None, job: Job, recorded: Deferred[None]) -> None:
+        self.tracker.recorded(job.accepted_ids)
+        self._recording.discard(recorded)
+        self.jobs.discard(job)
+        self._check_idle()
+        self._recorded()
+
+    def _record_failed(self, failure: Failure, job: Job, recorded: Deferred[None]) -> Deferred[None]:
+        again = Deferred.fromCoroutine(self._record_again(job, failure))
+        return again.addCallback(self._done, job, recorded)
 
     async def _record_again(self, job: Job, failure: Failure) -> None:
         """Tried again until the database answers. A worker that stops meanwhile gives up: the message

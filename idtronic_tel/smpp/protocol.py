@@ -82,6 +82,9 @@ class SmppClientProtocol(Protocol):
         self._last_heard = 0.0
         self._close_waiters: list[Deferred[None]] = []
         self.smsc_system_id = ""
+        # While dataReceived runs, what it writes (responses, the submits its callbacks make) is held here
+        # and written once at its end: one transport write per batch of PDUs rather than two per message.
+        self._held: list[bytes] | None = None
 
     # -- connection ---------------------------------------------------------------------------------------
 
@@ -125,6 +128,26 @@ class SmppClientProtocol(Protocol):
 
     def _drop(self, why: str) -> None:
         self.log.warn("SMPP {label}: dropping the connection: {why}", label=self.label, why=why)
+        self._close()
+
+    def _send(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            held.append(data)
+        elif self.transport is not None:
+            self.transport.write(data)
+
+    def _flush(self) -> None:
+        held = self._held
+        if held:
+            data = b"".join(held)
+            held.clear()
+            if self.transport is not None:
+                self.transport.write(data)
+
+    def _close(self) -> None:
+        """Close the connection once what was written so far is sent."""
+        self._flush()
         if self.transport is not None:
             self.transport.loseConnection()
 
@@ -141,7 +164,7 @@ class SmppClientProtocol(Protocol):
         if self._timeout_call is None:
             self._timeout_call = self.clock.callLater(self.settings.response_timeout, self._expire_requests)
         assert self.transport is not None
-        self.transport.write(data)
+        self._send(data)
         return result
 
     def _expire_requests(self) -> None:
@@ -192,8 +215,8 @@ class SmppClientProtocol(Protocol):
             return self.smsc_system_id
 
         def refused(failure: Failure) -> Failure:
-            if self.transport is not None and self.session.state is not SessionState.CLOSED:
-                self.transport.loseConnection()
+            if self.session.state is not SessionState.CLOSED:
+                self._close()
             if isinstance(failure.value, RequestFailed):
                 return Failure(BindRefused(failure.value.status))
             return failure
@@ -216,17 +239,24 @@ class SmppClientProtocol(Protocol):
             self.session.handle(SessionEvent.UNBIND)
             sequence = self._next_sequence()
             answer = self._request("unbind", codec.encode_header_only(_UNBIND, sequence), sequence)
-            answer.addBoth(lambda _: self.transport.loseConnection() if self.transport else None)
+            answer.addBoth(lambda _: self._close())
         elif state is SessionState.OPEN:
             self.session.handle(SessionEvent.UNBIND)
-            if self.transport is not None:
-                self.transport.loseConnection()
+            self._close()
         return closed
 
     # -- the SMSC's PDUs ----------------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         self._last_heard = self.clock.seconds()
+        self._held = []
+        try:
+            self._events_received(data)
+        finally:
+            self._flush()
+            self._held = None
+
+    def _events_received(self, data: bytes) -> None:
         for event in self.codec.receive_data(data):
             if isinstance(event, codec.Pdu):
                 self._pdu_received(event)
@@ -245,8 +275,8 @@ class SmppClientProtocol(Protocol):
                 return
 
     def _write(self, data: bytes) -> None:
-        if self.transport is not None and self.session.state is not SessionState.CLOSED:
-            self.transport.write(data)
+        if self.session.state is not SessionState.CLOSED:
+            self._send(data)
 
     def _pdu_received(self, pdu: codec.Pdu) -> None:
         if pdu.is_response:
@@ -260,8 +290,7 @@ class SmppClientProtocol(Protocol):
             if self.session.can(SessionEvent.UNBIND):
                 self.session.handle(SessionEvent.UNBIND)
             self._write(codec.encode_header_only(_UNBIND_RESP, pdu.sequence))
-            if self.transport is not None:
-                self.transport.loseConnection()
+            self._close()
         elif pdu.command in codec.NO_RESPONSE_COMMANDS:
             self.log.debug("SMPP {label}: ignoring {command}", label=self.label, command=pdu.command)
         else:
@@ -297,19 +326,21 @@ class SmppClientProtocol(Protocol):
             return
         # Answer only once the receipt is recorded: if we die before, the SMSC delivers it again.
         handled: Deferred[int] = maybeDeferred(self.on_deliver, pdu)
+        sequence = (pdu.sequence,)
+        handled.addCallbacks(
+            self._answer_deliver, self._deliver_failed, callbackArgs=sequence, errbackArgs=sequence
+        )
 
-        def failed(failure: Failure) -> int:
-            self.log.failure("SMPP {label}: handling a deliver_sm failed", failure, label=self.label)
-            return codec.ESME_RX_T_APPN
+    def _answer_deliver(self, status: int, sequence: int) -> None:
+        if status == codec.ESME_ROK:
+            # The body is an empty message_id: a constant, not worth smpplib's generic encoder.
+            self._write(codec.encode_header_only(_DELIVER_SM_RESP, sequence, length=17) + b"\x00")
+        else:
+            self._write(codec.encode_header_only(_DELIVER_SM_RESP, sequence, status))
 
-        def answer(status: int) -> None:
-            if status == codec.ESME_ROK:
-                # The body is an empty message_id: a constant, not worth smpplib's generic encoder.
-                self._write(codec.encode_header_only(_DELIVER_SM_RESP, pdu.sequence, length=17) + b"\x00")
-            else:
-                self._write(codec.encode_header_only(_DELIVER_SM_RESP, pdu.sequence, status))
-
-        handled.addErrback(failed).addCallback(answer)
+    def _deliver_failed(self, failure: Failure, sequence: int) -> None:
+        self.log.failure("SMPP {label}: handling a deliver_sm failed", failure, label=self.label)
+        self._answer_deliver(codec.ESME_RX_T_APPN, sequence)
 
     # -- keep-alive ---------------------------------------------------------------------------------------
 

@@ -66,6 +66,7 @@ UNKNOWN_RETRY_DELAYS: Final = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2.0)
 _ID_FIELD: Final = re.compile(rb"(?:^|\s)id:(\S+)", re.IGNORECASE)
 MAX_ID_LENGTH: Final = 64  # SMPP 3.4: a message_id is a C-Octet String of at most 65 octets with its NUL
 _STAT_FIELD: Final = re.compile(rb"(?:^|\s)stat:(\w+)", re.IGNORECASE)
+_PRINTABLE: Final = bytes(range(0x21, 0x7F))  # printable ASCII, blank excluded
 
 RECEIPTS = Counter("idtronic_smpp_receipts_total", "Delivery receipts received", ["bind", "state"])
 UNPARSEABLE_RECEIPTS = Counter(
@@ -98,7 +99,7 @@ def receipt_id(raw: bytes) -> str:
     text = raw.strip(b" \t\r\n\x00")
     if not 0 < len(text) <= MAX_ID_LENGTH:
         raise UnusableId(f"message id of {len(text)} octets")
-    if not all(0x21 <= octet <= 0x7E for octet in text):
+    if text.translate(None, _PRINTABLE):  # what is left once the printable octets are deleted
         raise UnusableId("message id with octets outside printable ASCII")
     return normalise_id(text)
 
@@ -229,36 +230,30 @@ class ReceiptHandler:
             return succeed(codec.ESME_ROK)
         state = receipt.state
 
-        def lookup(_: object = None) -> Deferred[bool]:
-            return self.outbox.apply_receipt(receipt.message_id, state.value).addCallback(retry_as_hex)
+        def apply(message_id: str, attempt: int, as_hex: bool) -> Deferred[int]:
+            applied = self.outbox.apply_receipt(message_id, state.value)
+            return applied.addCallback(settle, attempt, as_hex)
 
-        def retry_as_hex(known: bool) -> Deferred[bool]:
-            if known or not receipt.decimal_text_id:
-                return succeed(known)
-            return self.outbox.apply_receipt(normalise_id(format(int(receipt.message_id), "X")), state.value)
-
-        def again_later(known: bool, attempt: int) -> bool | Deferred[bool]:
-            if known or attempt >= len(self.unknown_retry_delays):
-                return known
-            assert self.clock is not None
-            later: Deferred[None] = deferLater(self.clock, self.unknown_retry_delays[attempt])
-            return later.addCallback(lookup).addCallback(again_later, attempt + 1)
-
-        if self.tracker.is_waiting(receipt.message_id):
-            applied = self.tracker.when_recorded(receipt.message_id).addCallback(lookup)
-        else:
-            applied = lookup()
-        applied.addCallback(again_later, 0)
-
-        def counted(known: bool) -> int:
-            if not known:
-                UNKNOWN_RECEIPTS.labels(self.bind).inc()
-                self.log.warn(
-                    "SMPP {bind}: receipt {stat} for unknown message id {message_id}",
-                    bind=self.bind,
-                    stat=receipt.stat,
-                    message_id=receipt.message_id,
-                )
+        def settle(known: bool, attempt: int, as_hex: bool) -> int | Deferred[int]:
+            """One callback per lookup: the common case (known at once) costs no other."""
+            if known:
+                return codec.ESME_ROK
+            if receipt.decimal_text_id and not as_hex:
+                return apply(normalise_id(format(int(receipt.message_id), "X")), attempt, True)
+            if attempt < len(self.unknown_retry_delays):
+                assert self.clock is not None
+                later: Deferred[None] = deferLater(self.clock, self.unknown_retry_delays[attempt])
+                return later.addCallback(lambda _: apply(receipt.message_id, attempt + 1, False))
+            UNKNOWN_RECEIPTS.labels(self.bind).inc()
+            self.log.warn(
+                "SMPP {bind}: receipt {stat} for unknown message id {message_id}",
+                bind=self.bind,
+                stat=receipt.stat,
+                message_id=receipt.message_id,
+            )
             return codec.ESME_ROK
 
-        return applied.addCallback(counted)
+        if self.tracker.is_waiting(receipt.message_id):
+            waited = self.tracker.when_recorded(receipt.message_id)
+            return waited.addCallback(lambda _: apply(receipt.message_id, 0, False))
+        return apply(receipt.message_id, 0, False)

@@ -44,9 +44,10 @@ TRANSITIONS: Final = Transitions(
 )
 
 # What each state allows: sending new requests of each kind, and accepting the SMSC's deliver_sm.
-MAY_SUBMIT: Final = frozenset({SessionState.BOUND})
-MAY_RECEIVE_DELIVER: Final = frozenset({SessionState.BOUND, SessionState.UNBINDING})
-MAY_ENQUIRE: Final = frozenset({SessionState.OPEN, SessionState.BOUND})
+# Tuples, not sets: `in` a tuple compares identities in C, an Enum's hash is a Python call (per message).
+MAY_SUBMIT: Final = (SessionState.BOUND,)
+MAY_RECEIVE_DELIVER: Final = (SessionState.BOUND, SessionState.UNBINDING)
+MAY_ENQUIRE: Final = (SessionState.OPEN, SessionState.BOUND)
 
 
 class Session:

@@ -344,6 +344,7 @@ class OutboxWorker(Service):
 
     def _part_accepted(self, pdu: codec.Pdu, job: Job, index: int, bind: SmppBind) -> None:
         job.outstanding -= 1
+        bind.answered()
         message_id = normalise_id(pdu.body.message_id or b"")
         job.ids[index] = message_id
         job.arrived[index] = True
@@ -355,6 +356,7 @@ class OutboxWorker(Service):
 
     def _part_failed(self, failure: Failure, job: Job, index: int, bind: SmppBind) -> None:
         job.outstanding -= 1
+        bind.answered()
         error = failure.value
         if isinstance(error, RequestFailed) and error.status in THROTTLING | TRANSIENT:
             bind.bucket.throttled()
