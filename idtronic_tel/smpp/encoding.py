@@ -57,58 +57,45 @@ _SUBMIT_SM_FIELDS: Final = frozenset(
 )
 
 
-class _NotPlain(Exception):
-    pass
-
-
 def _c_string(value: object, maximum: int) -> bytes:
     if not value:
         return b"\0"
     if type(value) is not str:
-        raise _NotPlain
-    try:
-        return (value[: maximum - 1] + "\0").encode("latin-1")
-    except UnicodeEncodeError:
-        raise _NotPlain from None
-
-
-def _octets(*values: object) -> bytes:
-    try:
-        return bytes([value or 0 for value in values])  # type: ignore[misc]
-    except (TypeError, ValueError):
-        raise _NotPlain from None
+        raise TypeError("not a str")
+    return (value[: maximum - 1] + "\0").encode("latin-1")  # UnicodeEncodeError (a ValueError) beyond
 
 
 def encode_submit_sm(sequence: int, fields: dict[str, Any]) -> bytes:
     """encode("submit_sm", sequence, **fields), faster (see above)."""
-    if not _SUBMIT_SM_FIELDS.issuperset(fields):
-        return encode("submit_sm", sequence, **fields)
     get = fields.get
     message = get("short_message") or b""
+    if not _SUBMIT_SM_FIELDS.issuperset(fields) or type(message) is not bytes or len(message) > 255:
+        return encode("submit_sm", sequence, **fields)
     try:
-        if type(message) is not bytes or len(message) > 255:
-            raise _NotPlain
+        # bytes() refuses what struct.pack(">B") refuses: None or 0 is a NUL octet, as in smpplib
         body = b"".join(
             (
                 _c_string(get("service_type"), 6),
-                _octets(get("source_addr_ton"), get("source_addr_npi")),
+                bytes((get("source_addr_ton") or 0, get("source_addr_npi") or 0)),
                 _c_string(get("source_addr"), 21),
-                _octets(get("dest_addr_ton"), get("dest_addr_npi")),
+                bytes((get("dest_addr_ton") or 0, get("dest_addr_npi") or 0)),
                 _c_string(get("destination_addr"), 21),
-                _octets(get("esm_class"), get("protocol_id"), get("priority_flag")),
+                bytes((get("esm_class") or 0, get("protocol_id") or 0, get("priority_flag") or 0)),
                 _c_string(get("schedule_delivery_time"), 17),
                 _c_string(get("validity_period"), 17),
-                _octets(
-                    get("registered_delivery"),
-                    get("replace_if_present_flag"),
-                    get("data_coding"),
-                    get("sm_default_msg_id"),
-                    len(message),
+                bytes(
+                    (
+                        get("registered_delivery") or 0,
+                        get("replace_if_present_flag") or 0,
+                        get("data_coding") or 0,
+                        get("sm_default_msg_id") or 0,
+                        len(message),
+                    )
                 ),
                 message,
             )
         )
-    except _NotPlain:
+    except (TypeError, ValueError):  # not the plain case: smpplib encodes it, or says what is wrong
         return encode("submit_sm", sequence, **fields)
     return HEADER.pack(HEADER_LENGTH + len(body), _SUBMIT_SM, ESME_ROK, sequence) + body
 

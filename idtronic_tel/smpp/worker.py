@@ -200,14 +200,12 @@ class OutboxWorker(Service):
     def _claim(self) -> None:
         if self.phase is not Phase.READY or not self._more_work:
             return
-        free = self.router.free_window()
-        if free <= 0:
-            return
-        if free < self._claim_batch():
+        windows, free = self._windows()
+        batch = max(1, windows // 10)
+        if free < batch:
             return  # parts are in flight: their responses call _claim again
-        windows = sum(bind.window for bind in self.router.binds if bind.bound)
         limit = min(free - sum(len(job.todo) for job in self._queue), windows - self._ledger.held())
-        if limit <= 0 or (limit < self._claim_batch() and self._ledger.jobs):
+        if limit <= 0 or (limit < batch and self._ledger.jobs):
             return  # records are late, or too few: each one that lands calls _claim again
         self._move(PhaseEvent.CLAIM)
         self._more_work = False
@@ -231,9 +229,19 @@ class OutboxWorker(Service):
 
         self.outbox.claim(self.worker, limit, self._leases.lease).addCallbacks(claimed, failed)
 
+    def _windows(self) -> tuple[int, int]:
+        """The windows of the bound binds, and how much of them is free (one pass: this runs after every
+        response and every record)."""
+        windows = free = 0
+        for bind in self.router.binds:
+            if bind.bound:
+                window = bind.window
+                windows += window
+                free += max(0, window - bind.in_flight)
+        return windows, free
+
     def _claim_batch(self) -> int:
-        windows = sum(bind.window for bind in self.router.binds if bind.bound)
-        return max(1, windows // 10)
+        return max(1, self._windows()[0] // 10)
 
     def _enqueue(self, sms: OutgoingSms, lease_base: float) -> None:
         job = Job(next(self._order), sms, lease_base, expires=sms.expires_at.timestamp(), resends=sms.resends)
