@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from .commands import (
     COMMAND_NAMES,
@@ -86,9 +86,9 @@ DEFAULT_MAX_CONSECUTIVE_ERRORS: Final = 5
 _COMPACT_AT: Final = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Pdu:
-    """One decoded PDU. `body` is the smpplib command object (its fields are attributes, strings as bytes)."""
+class Pdu(NamedTuple):
+    """One decoded PDU. `body` is the smpplib command object (its fields are attributes, strings as bytes).
+    A NamedTuple: immutable like a frozen dataclass, built in a third of the time (two per message)."""
 
     command: str  # smpplib's name, e.g. "submit_sm_resp"
     command_id: int
