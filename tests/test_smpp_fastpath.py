@@ -185,3 +185,20 @@ def test_a_plain_submit_sm_is_not_generated_by_smpplib(monkeypatch: pytest.Monke
     long = {**PLAIN_SUBMIT, "short_message": b"x" * 255, "source_addr": "A" * 30}
     monkeypatch.undo()
     assert codec.encode_submit_sm(4, long) == codec.encode("submit_sm", 4, **long)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=60) | st.text(max_size=20))
+def test_gsm_encoding_of_ascii_texts_matches_smpplib(text: str) -> None:
+    from smpplib import gsm
+
+    from idtronic_tel.smpp.messages import gsm_encode
+
+    def encoded(encode: Any) -> bytes | None:
+        try:
+            result: bytes = encode(text)
+            return result
+        except UnicodeError:
+            return None
+
+    assert encoded(gsm_encode) == encoded(gsm.gsm_encode)

@@ -44,10 +44,17 @@ def _gsm_translation() -> dict[int, str]:
 
 _GSM_TRANSLATION: Final = _gsm_translation()
 _GSM_CHARACTERS: Final = frozenset(chr(code) for code in _GSM_TRANSLATION)
+# The ASCII characters that are their own septet (letters, digits, space, most punctuation): a text made
+# of them only, the usual case, is its ASCII encoding, found without a per-character lookup.
+_GSM_AS_ASCII: Final = bytes(code for code in range(0x80) if _GSM_TRANSLATION.get(code) == chr(code))
 
 
 def gsm_encode(text: str) -> bytes:
     """The same octets as smpplib's gsm.gsm_encode; UnicodeError when a character is not in its table."""
+    if text.isascii():
+        octets = text.encode("ascii")
+        if not octets.translate(None, _GSM_AS_ASCII):  # nothing left once those characters are deleted
+            return octets
     if not _GSM_CHARACTERS.issuperset(text):
         raise UnicodeError("not in the GSM 7-bit alphabet")
     return text.translate(_GSM_TRANSLATION).encode("latin-1")

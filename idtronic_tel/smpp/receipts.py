@@ -120,10 +120,9 @@ def parse_receipt(pdu: codec.Pdu) -> Receipt:
     body = pdu.body
     text: bytes = body.short_message or body.message_payload or b""
     tlv_id = body.receipted_message_id
-    text_id = _ID_FIELD.search(text)
     if tlv_id:
         message_id, from_text = receipt_id(tlv_id), False
-    elif text_id is not None:
+    elif (text_id := _ID_FIELD.search(text)) is not None:
         message_id, from_text = receipt_id(text_id.group(1)), True
     else:
         raise UnusableId("no message id")
