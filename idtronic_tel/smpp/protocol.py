@@ -279,7 +279,7 @@ class SmppClientProtocol(Protocol):
             self._send(data)
 
     def _pdu_received(self, pdu: codec.Pdu) -> None:
-        if pdu.is_response:
+        if pdu.command_id & codec.RESPONSE_BIT:
             self._response_received(pdu)
         elif pdu.command == "deliver_sm":
             self._deliver_received(pdu)
