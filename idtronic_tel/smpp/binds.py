@@ -182,9 +182,6 @@ class SmppBind(MultiService):
     def refused_status(self) -> int | None:
         return self._submitter.refused_status
 
-    def free_window(self) -> int:
-        return max(0, self.window - self.in_flight) if self.bound else 0
-
     def wait_time(self) -> float | None:
         """0: a submit may go now; > 0: seconds until the rate cap allows one; None: down or window full."""
         if not self.bound or self.in_flight >= self.window:
@@ -233,9 +230,6 @@ class BindRouter:
 
     def any_bound(self) -> bool:
         return any(bind.bound for bind in self.binds)
-
-    def free_window(self) -> int:
-        return sum(bind.free_window() for bind in self.binds)
 
     def pick(self, only: SmppBind | None = None) -> tuple[SmppBind | None, float | None]:
         """(bind, 0) for a bind that can send now; else (None, seconds until the first rate-limited bind

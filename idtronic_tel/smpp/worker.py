@@ -201,8 +201,7 @@ class OutboxWorker(Service):
         if self.phase is not Phase.READY or not self._more_work:
             return
         windows, free = self._windows()
-        batch = max(1, windows // 10)
-        if free < batch:
+        if free < (batch := max(1, windows // 10)):
             return  # parts are in flight: their responses call _claim again
         limit = min(free - sum(len(job.todo) for job in self._queue), windows - self._ledger.held())
         if limit <= 0 or (limit < batch and self._ledger.jobs):
@@ -230,14 +229,12 @@ class OutboxWorker(Service):
         self.outbox.claim(self.worker, limit, self._leases.lease).addCallbacks(claimed, failed)
 
     def _windows(self) -> tuple[int, int]:
-        """The windows of the bound binds, and how much of them is free (one pass: this runs after every
-        response and every record)."""
+        """Bound binds' windows and their free part, in one pass (runs after every response and record)."""
         windows = free = 0
         for bind in self.router.binds:
             if bind.bound:
-                window = bind.window
-                windows += window
-                free += max(0, window - bind.in_flight)
+                windows += bind.window
+                free += max(0, bind.window - bind.in_flight)
         return windows, free
 
     def _claim_batch(self) -> int:
@@ -333,8 +330,7 @@ class OutboxWorker(Service):
             self._rate_call = None
             self._pump()
 
-        # At least 1 ms: at epoch ~1.8e9 s, a shorter delay may not move the clock at all.
-        self._rate_call = self.clock.callLater(max(delay, 0.001), wake)
+        self._rate_call = self.clock.callLater(max(delay, 0.001), wake)  # less may not move a ~1.8e9 s clock
 
     def _give_back_all(self, reason: str) -> None:
         for job in self._queue.take_all():
