@@ -3,7 +3,7 @@
 Keeps `--outstanding` calls in flight on a running reactor (as the HTTP front does under load) and prints
 the process CPU per call. Each call is one transaction reading one row (`--empty`: a function that does
 not touch its Session, so no statement, no connection), so the figure is the hand-off plus the Session,
-without the domain work (bench/RESULTS.md, "What changed", item 5).
+without the domain work (bench/RESULTS.md, "What changed", item 6).
 
     .venv/bin/python bench/dbpool_bench.py [--url postgresql://...] [--threads 1] [--outstanding 64]
         [--calls 20000] [--empty]

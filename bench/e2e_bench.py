@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from api_bench import (  # noqa: E402
+    TICKS,
     Daemon,
     Setup,
     _cpu_of,
@@ -53,8 +54,9 @@ from api_bench import (  # noqa: E402
     with_workers,
 )
 from e2e_merchants import Merchants, Outcome  # noqa: E402
+from profile_summary import per_payment  # noqa: E402
 from profile_summary import summarise as summarise_profile  # noqa: E402
-from sqlalchemy import func, select  # noqa: E402
+from sqlalchemy import func, select, text  # noqa: E402
 
 from idtronic_tel.core.models import Payment, SmsMessage  # noqa: E402
 
@@ -135,9 +137,17 @@ class StepResult:
     pg_ms: float
     smsc_ms: float
     merchant_ms: float
-    busy: float  # machine, percent of every CPU
+    busy: float  # machine, percent of every CPU, our guest's work (steal excluded)
     rss_mib: float  # the largest daemon's RSS at the end of the step
     hwm_mib: float
+    steal: float = 0.0  # percent of every CPU the hypervisor gave to other guests (a noisy neighbour)
+    daemon_kernel_ms: float = 0.0  # of daemon_ms, in the kernel (system time: sockets, epoll, futexes)
+    # PostgreSQL, per payment: CPU of its backends (the daemons' connections) and of its background
+    # processes (WAL writer, checkpointer, ...), transactions, WAL records and WAL flushes (pg_stat_*).
+    pg_split_ms: tuple[float, float] = (0.0, 0.0)
+    pg_xacts: float = 0.0
+    pg_wal_records: float = 0.0
+    pg_wal_syncs: float = 0.0
 
     @property
     def accounted(self) -> bool:
@@ -152,23 +162,95 @@ class StepResult:
             f"201->submit p50/95/99 {lag[0]:6.1f} {lag[1]:6.1f} {lag[2]:6.1f} ms  "
             f"confirm {conf[0]:5.1f} {conf[1]:5.1f} {conf[2]:5.1f} ms  "
             f"CPU ms/pay: daemon {self.daemon_ms:.2f} pg {self.pg_ms:.2f} smsc {self.smsc_ms:.2f} "
-            f"merchants {self.merchant_ms:.2f}; busy {self.busy:.0f}%  RSS {self.rss_mib:.0f} MiB  "
+            f"merchants {self.merchant_ms:.2f}; busy {self.busy:.0f}% steal {self.steal:.0f}%  "
+            f"RSS {self.rss_mib:.0f} MiB  "
             f"{self.created}={self.submitted}={self.receipted}={self.confirmed}"
             f"{'' if not self.duplicates else f' DUPLICATES {self.duplicates}'}"
             f"{' ok' if self.accounted else ' NOT ACCOUNTED'}"
         )
 
+    def detail_line(self, pg: bool) -> str:
+        """Where the daemon's and PostgreSQL's CPU goes, per payment."""
+        daemon = (
+            f"{'':<14} daemon per payment: {self.daemon_ms - self.daemon_kernel_ms:.2f} ms user, "
+            f"{self.daemon_kernel_ms:.2f} ms kernel"
+        )
+        if not pg:
+            return daemon
+        return (
+            f"{daemon}; PostgreSQL per payment: backends {self.pg_split_ms[0]:.2f} ms, background "
+            f"(WAL writer, checkpointer, ...) {self.pg_split_ms[1]:.2f} ms; "
+            f"{self.pg_xacts:.2f} transactions, {self.pg_wal_records:.1f} WAL records, "
+            f"{self.pg_wal_syncs:.2f} WAL flushes"
+        )
+
+
+def _steal() -> float:
+    """CPU seconds the hypervisor ran other guests while this one wanted to run (all CPUs)."""
+    return int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[8]) / TICKS
+
+
+def _kernel_cpu_of(pid: int) -> float:
+    """stime of a process and its threads, seconds."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[12]) / TICKS
+    except OSError:
+        return 0.0
+
+
+def _postgres_cpu_by_role() -> tuple[float, float]:
+    """CPU seconds of PostgreSQL's client backends and of its other processes (by process title)."""
+    backends = other = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if Path(f"/proc/{entry}/comm").read_text().strip() != "postgres":
+                continue
+            title = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cpu = _cpu_of(int(entry))
+        except OSError:
+            continue  # gone meanwhile
+        if "(" in title or "[local]" in title:  # "postgres: user db 127.0.0.1(port) idle"
+            backends += cpu
+        else:
+            other += cpu
+    return backends, other
+
+
+def _postgres_counters(setup: Setup) -> tuple[float, float, float]:
+    """Transactions of the bench database, WAL records and WAL flushes of the server (PostgreSQL 14+).
+    A backend publishes its counters at most once a second: deltas over a step are good to ~1 s."""
+
+    def read(s: Any, rules: Any) -> tuple[float, float, float]:
+        xacts = s.execute(
+            text(
+                "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+            )
+        ).scalar_one()
+        records, syncs = s.execute(text("SELECT wal_records, wal_sync FROM pg_stat_wal")).one()
+        return float(xacts), float(records), float(syncs)
+
+    result: tuple[float, float, float] = setup.pool.run_blocking(read, setup.rules)
+    return result
+
 
 class Meter:
-    def __init__(self, daemons: list[Daemon], smsc: Smsc, pg: bool) -> None:
+    def __init__(self, daemons: list[Daemon], smsc: Smsc, setup: Setup) -> None:
         self.daemons = [d.proc.pid for d in daemons]
         self.smsc = smsc.proc.pid
-        self.pg = pg
+        self.setup = setup
+        self.pg = setup.backend == "postgresql"
 
-    def snapshot(self) -> tuple[float, float, float, float, float]:
+    def snapshot(self) -> tuple[float, ...]:
         daemon = sum(_cpu_of(p) for p in with_workers(self.daemons))
         pg = _postgres_cpu() if self.pg else 0.0
-        return daemon, pg, _cpu_of(self.smsc), _machine_cpu(), time.monotonic()
+        kernel = sum(_kernel_cpu_of(p) for p in with_workers(self.daemons))
+        steal = _steal()
+        common = (daemon, pg, _cpu_of(self.smsc), _machine_cpu() - steal, time.monotonic(), kernel, steal)
+        if not self.pg:
+            return common
+        return common + _postgres_cpu_by_role() + _postgres_counters(self.setup)
 
 
 def summarise(
@@ -187,6 +269,7 @@ def summarise(
 
     n = len(rows) or 1
     sizes = [_rss(p) for p in with_workers(meter.daemons)]
+    pg = [x / n for x in cpu[7:]] or [0.0] * 5  # backends s, others s, transactions, WAL records, syncs
     return StepResult(
         name=name,
         offered=offered,
@@ -209,9 +292,18 @@ def summarise(
         smsc_ms=cpu[2] * 1000 / n,
         merchant_ms=sum(o.cpu for o in outcomes) * 1000 / n,
         busy=cpu[3] / cpu[4] * 100 / (os.cpu_count() or 1),  # over the meter's own interval
+        steal=cpu[6] / cpu[4] * 100 / (os.cpu_count() or 1),
         rss_mib=max(s[0] for s in sizes),
         hwm_mib=max(s[1] for s in sizes),
+        daemon_kernel_ms=cpu[5] * 1000 / n,
+        pg_split_ms=(pg[0] * 1000, pg[1] * 1000),
+        pg_xacts=pg[2],
+        pg_wal_records=pg[3],
+        pg_wal_syncs=pg[4],
     )
+
+
+PROFILE_RATE = 200  # py-spy samples per second
 
 
 def _py_spy(out: Path | None, pid: int) -> subprocess.Popen[bytes] | None:
@@ -219,7 +311,7 @@ def _py_spy(out: Path | None, pid: int) -> subprocess.Popen[bytes] | None:
     if out is None:
         return None
     command = [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--gil"]
-    command += ["--nonblocking", "--rate", "200", "--format", "raw", "--output", str(out)]
+    command += ["--nonblocking", "--rate", str(PROFILE_RATE), "--format", "raw", "--output", str(out)]
     spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1)  # py-spy attaches before the step starts
     return spy
@@ -286,7 +378,7 @@ def bench_config(args: argparse.Namespace, merchants: Merchants) -> tuple[list[S
     amounts = Amounts()
     try:
         hosts = [("127.0.0.1", d.port) for d in daemons]
-        meter = Meter(daemons, smsc, backend == "postgresql")
+        meter = Meter(daemons, smsc, setup)
 
         def step(
             name: str, offered: float, payments: int, connections: int, rate: float | None
@@ -307,11 +399,13 @@ def bench_config(args: argparse.Namespace, merchants: Merchants) -> tuple[list[S
                 name, offered, outcomes, [b - a for a, b in zip(before, after, strict=True)], meter
             )
             print(result.line(), flush=True)
+            print(result.detail_line(meter.pg), flush=True)
             if spy is not None:
                 spy.send_signal(signal.SIGINT)  # py-spy writes its profile and exits
                 spy.wait(timeout=30)
                 print(f"py-spy profile of the first daemon, thread holding the GIL ({args.profile}):")
                 print(summarise_profile(args.profile.read_text(), 30))
+                print(per_payment(args.profile.read_text(), result.daemon_ms))
             return result
 
         step("warm-up", 0, 40 if args.quick else 400, 8, None)
@@ -378,7 +472,10 @@ def plot(results_file: Path, out: Path) -> None:
         ax.set_xlabel("offered payments/s (open loop)")
         ax.grid(True, which="both", alpha=0.3)
     ax50.legend(fontsize=7)
-    fig.suptitle("idtronic-tel end to end against offered load (2 vCPUs shared with other test runs)")
+    fig.suptitle(
+        "idtronic-tel end to end against offered load "
+        "(2 vCPUs: daemons, PostgreSQL, SMSC and merchants on the same host)"
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=80)
 

@@ -47,7 +47,7 @@ _TON, _NPI = "SMPP 3.4 TON", "SMPP 3.4 NPI"
 
 @dataclass(frozen=True)
 class DaemonConfig:
-    # Processes of this daemon (workers.py): an integer, or "auto" for one per core.
+    # Processes of this daemon (supervisor.py): an integer, or "auto" (one per core; one on SQLite).
     workers: int | str = setting(1, workers)
 
 

@@ -116,7 +116,7 @@ def run(
         die_with_parent(worker[2])
         role = Role(worker[0], worker[1])
     else:  # the demo's simulated peers live in its one process
-        role = Role(0, 1 if config.demo.enabled else worker_count(config.daemon.workers))
+        role = Role(0, 1 if config.demo.enabled else worker_count(config.daemon.workers, config.database.url))
     service = make_service(config, reactor, role)  # raises SchemaOutOfDate before anything listens
     if role.first and role.count > 1:
         http = service.daemon.listeners["http"]

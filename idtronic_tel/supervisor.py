@@ -42,8 +42,12 @@ STOP_TIMEOUT = 20.0  # SIGKILL a worker still running this long after SIGTERM
 _PR_SET_PDEATHSIG = 1
 
 
-def worker_count(setting: int | str) -> int:
-    return (os.cpu_count() or 1) if setting == "auto" else int(setting)
+def worker_count(setting: int | str, database_url: str = "") -> int:
+    """`"auto"`: one per core on PostgreSQL, one on SQLite (one writer at a time: more processes only
+    queue on its lock; measured in bench/RESULTS.md, "End to end"). An integer is taken as given."""
+    if setting != "auto":
+        return int(setting)
+    return 1 if database_url.startswith("sqlite") else (os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

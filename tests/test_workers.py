@@ -78,7 +78,9 @@ def test_workers_setting_is_a_count_or_auto(tmp_path: Path, monkeypatch: pytest.
     for bad in ("0", "65", '"many"', "true", "1.5"):
         with pytest.raises(ConfigError, match=r"daemon\.workers = .*: must be"):
             load(f"[daemon]\nworkers = {bad}")
-    assert worker_count("auto") == (os.cpu_count() or 1) and worker_count(3) == 3
+    assert worker_count("auto", "postgresql://db/idtronic") == (os.cpu_count() or 1)
+    assert worker_count("auto", "sqlite:////var/lib/idtronic/idtronic.db") == 1  # one writer at a time
+    assert worker_count(3, "sqlite:///x.db") == 3 and worker_count(3) == 3
 
 
 def test_bind_k_goes_to_worker_k_mod_n_and_a_configured_name_stays_distinct() -> None:

@@ -2,7 +2,7 @@
 
 Twisted's `deferToThreadPool` costs, per call, a coordinator hop on each side of the job and one
 `callFromThread` per result, each writing the reactor's waker pipe (bench/RESULTS.md, "What changed",
-item 5). Here a job is one `SimpleQueue.put`, and the results that finish while the reactor has not yet
+item 6). Here a job is one `SimpleQueue.put`, and the results that finish while the reactor has not yet
 collected them share one `callFromThread`: only the first completion since the last delivery wakes
 the reactor.
 """
