@@ -260,32 +260,59 @@ def stop_daemons(daemons: list[Daemon]) -> None:
 
 
 # ---- CPU accounting ---------------------------------------------------------------------------------
-def _cpu_of(pid: int) -> float:
-    """utime + stime of a process and its threads, seconds."""
+def _cpu_split(pid: int) -> tuple[float, float]:
+    """utime and stime of a process and its threads, seconds."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
+        return 0.0, 0.0
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
+
+
+def _cpu_of(pid: int) -> float:
+    """utime + stime of a process and its threads, seconds."""
+    return sum(_cpu_split(pid))
+
+
+def _postgres_cpu_by_role() -> tuple[float, float]:
+    """CPU seconds of PostgreSQL's client backends and of its other processes (WAL writer, checkpointer,
+    ...), told apart by process title: a backend's is "postgres: user db 127.0.0.1(port) state"."""
+    backends = other = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if Path(f"/proc/{entry}/comm").read_text().strip() != "postgres":
+                continue
+            title = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        if b"(" in title or b"[local]" in title:
+            backends += _cpu_of(int(entry))
+        else:
+            other += _cpu_of(int(entry))
+    return backends, other
 
 
 def _postgres_cpu() -> float:
     """Every postgres process on the machine (backends of other users included: see the report)."""
-    total = 0.0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if Path(f"/proc/{entry}/comm").read_text().strip() == "postgres":
-                    total += _cpu_of(int(entry))
-            except OSError:
-                continue
-    return total
+    return sum(_postgres_cpu_by_role())
+
+
+def _cpu_line() -> list[int]:
+    """The first line of /proc/stat: user nice system idle iowait irq softirq steal ..., in ticks."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
 
 
 def _machine_cpu() -> float:
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    busy = sum(int(x) for x in fields) - int(fields[3]) - int(fields[4])  # minus idle and iowait
+    fields = _cpu_line()
+    busy = sum(fields) - fields[3] - fields[4]  # minus idle and iowait
     return busy / TICKS
+
+
+def _steal() -> float:
+    """CPU seconds the hypervisor ran other guests while this one wanted to run (all CPUs)."""
+    return _cpu_line()[7] / TICKS
 
 
 def _children(pid: int) -> list[int]:

@@ -42,12 +42,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from api_bench import (  # noqa: E402
-    TICKS,
     Daemon,
     Setup,
     _cpu_of,
+    _cpu_split,
     _machine_cpu,
     _postgres_cpu,
+    _postgres_cpu_by_role,
+    _steal,
     prepare,
     start_daemons,
     stop_daemons,
@@ -185,39 +187,6 @@ class StepResult:
         )
 
 
-def _steal() -> float:
-    """CPU seconds the hypervisor ran other guests while this one wanted to run (all CPUs)."""
-    return int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[8]) / TICKS
-
-
-def _kernel_cpu_of(pid: int) -> float:
-    """stime of a process and its threads, seconds."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[12]) / TICKS
-    except OSError:
-        return 0.0
-
-
-def _postgres_cpu_by_role() -> tuple[float, float]:
-    """CPU seconds of PostgreSQL's client backends and of its other processes (by process title)."""
-    backends = other = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if Path(f"/proc/{entry}/comm").read_text().strip() != "postgres":
-                continue
-            title = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            cpu = _cpu_of(int(entry))
-        except OSError:
-            continue  # gone meanwhile
-        if "(" in title or "[local]" in title:  # "postgres: user db 127.0.0.1(port) idle"
-            backends += cpu
-        else:
-            other += cpu
-    return backends, other
-
-
 def _postgres_counters(setup: Setup) -> tuple[float, float, float]:
     """Transactions of the bench database, WAL records and WAL flushes of the server (PostgreSQL 14+).
     A backend publishes its counters at most once a second: deltas over a step are good to ~1 s."""
@@ -245,7 +214,7 @@ class Meter:
     def snapshot(self) -> tuple[float, ...]:
         daemon = sum(_cpu_of(p) for p in with_workers(self.daemons))
         pg = _postgres_cpu() if self.pg else 0.0
-        kernel = sum(_kernel_cpu_of(p) for p in with_workers(self.daemons))
+        kernel = sum(_cpu_split(p)[1] for p in with_workers(self.daemons))
         steal = _steal()
         common = (daemon, pg, _cpu_of(self.smsc), _machine_cpu() - steal, time.monotonic(), kernel, steal)
         if not self.pg:
