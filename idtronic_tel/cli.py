@@ -40,6 +40,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _overlap(value: str) -> int:
+    """`rotate-key --overlap`: seconds, 0 to 7 days (a usage error otherwise, exit status 2)."""
+    from .core.merchants import MAX_OVERLAP_SECONDS  # the core loads only for commands that use it
+
+    seconds = int(value) if value.isdigit() else -1
+    if not 0 <= seconds <= MAX_OVERLAP_SECONDS:
+        raise argparse.ArgumentTypeError(f"seconds from 0 to {MAX_OVERLAP_SECONDS} (7 days), not {value!r}")
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="idtronic-tel", description="id-tronic telephony daemon and its administration")
     parser.add_argument("--version", action="version", version=f"idtronic-tel {__version__}")
@@ -65,7 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("name")
     add.add_argument("--domain")
     verbs.add_parser("list", help="list merchants")
-    verbs.add_parser("rotate-key", help="replace a merchant's API key").add_argument("id")
+    rotate = verbs.add_parser("rotate-key", help="replace a merchant's API key; prints the new one")
+    rotate.add_argument("id")
+    rotate.add_argument(
+        "--overlap",
+        type=_overlap,
+        default=0,
+        metavar="SECONDS",
+        help="the replaced key keeps working this long (at most 604800, 7 days); default 0: it stops now",
+    )
     verbs.add_parser("remove", help="remove a merchant").add_argument("id")
 
     enroll = commands.add_parser("enroll", help="enroll a cardholder who applied by phone or fax")
@@ -256,7 +274,7 @@ def _dispatch(args: argparse.Namespace, config: Config, argv: list[str]) -> int:
         elif args.verb == "list":
             _print(wire(_done(core.list_merchants()))["merchants"])
         elif args.verb == "rotate-key":
-            _print(wire(_done(core.rotate_merchant_key(args.id))))
+            _print(wire(_done(core.rotate_merchant_key(args.id, args.overlap))))
         else:
             _done(core.remove_merchant(args.id))
             _print({"removed": args.id})

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..core.facade import Core
 from ..core.views import Suspension, wire
-from .bodies import ADMIN_ENROLL, EMPTY, MERCHANT, REASON, SUSPEND
+from .bodies import ADMIN_ENROLL, MERCHANT, REASON, ROTATE_KEY, SUSPEND
 from .metrics import scrape
 from .routing import Call, Reply, Route
 
@@ -27,7 +27,8 @@ def routes(core: Core, links: Links, listeners: Listeners, process: Process | No
         return Reply(200, wire(await core.list_merchants()))
 
     async def rotate_key(call: Call) -> Reply:
-        return Reply(200, wire(await core.rotate_merchant_key(call.params["id"])))
+        overlap = call.body.get("overlap_seconds", 0)
+        return Reply(200, wire(await core.rotate_merchant_key(call.params["id"], overlap)))
 
     async def remove_merchant(call: Call) -> Reply:
         await core.remove_merchant(call.params["id"])
@@ -112,8 +113,8 @@ def routes(core: Core, links: Links, listeners: Listeners, process: Process | No
             rotate_key,
             "operator",
             "Replace a merchant's key",
-            {200: "MerchantKey", 401: "Error", 404: "Error"},
-            EMPTY,
+            {200: "MerchantKey", 400: "Error", 401: "Error", 404: "Error", 422: "Error"},
+            ROTATE_KEY,
         ),
         Route(
             "DELETE",

@@ -126,6 +126,16 @@ MERCHANT = BodySchema(
     )
 )
 REASON = BodySchema((text("reason", "at most 500 characters", 500).optional(),))
+# The replaced key keeps working this long (core/merchants.py, MAX_OVERLAP_SECONDS: 7 days).
+ROTATE_KEY = BodySchema(
+    (
+        Field(
+            "overlap_seconds",
+            {"type": "integer", "minimum": 0, "maximum": 604800},
+            "an integer number of seconds, 0 to 604800 (7 days)",
+        ).optional(),
+    )
+)
 SUSPEND = BodySchema(
     (
         text("notice", "at most 1000 characters", 1000),

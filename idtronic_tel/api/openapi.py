@@ -130,7 +130,8 @@ def document(router: Router) -> dict[str, Any]:
             operation["security"] = _SECURITY[route.auth]
         if route.body is not None and route.body.fields:
             operation["requestBody"] = {
-                "required": True,
+                # A body of optional fields only may be left out (BodySchema.parse reads none as {}).
+                "required": any(f.required for f in route.body.fields),
                 "content": {"application/json": {"schema": route.body.json_schema()}},
             }
         params = re.findall(r"\{(\w+)\}", route.template)

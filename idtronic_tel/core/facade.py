@@ -172,8 +172,8 @@ class Core:
     def add_merchant(self, name: str, domain: str | None) -> Deferred[views.MerchantKey]:
         return self._run(merchants.add, name, domain)
 
-    def rotate_merchant_key(self, merchant_id: str) -> Deferred[views.MerchantKey]:
-        return self._run(merchants.rotate_key, merchant_id).addCallback(self._forget)
+    def rotate_merchant_key(self, merchant_id: str, overlap_seconds: int = 0) -> Deferred[views.MerchantKey]:
+        return self._run(merchants.rotate_key, merchant_id, overlap_seconds).addCallback(self._forget)
 
     def remove_merchant(self, merchant_id: str) -> Deferred[None]:
         return self._run(merchants.remove, merchant_id).addCallback(self._forget)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from . import audit, views
@@ -15,6 +16,7 @@ from .models import Merchant
 from .rules import Rules
 
 KEY_PREFIX = "idt_live_"
+MAX_OVERLAP_SECONDS = 7 * 24 * 3600  # rotate-key: how long a replaced key may keep working
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 
 
@@ -64,14 +66,23 @@ def _active(s: Session, merchant_id: str) -> Merchant:
     return merchant
 
 
-def rotate_key(s: Session, rules: Rules, merchant_id: str) -> views.MerchantKey:
+def rotate_key(s: Session, rules: Rules, merchant_id: str, overlap_seconds: int = 0) -> views.MerchantKey:
+    """A new key. With `overlap_seconds`, the replaced key keeps working that long, so that the merchant
+    can switch without a refused request; without, it stops at once (a leaked key). Only the key just
+    replaced overlaps: rotating again ends an earlier overlap."""
+    if not 0 <= overlap_seconds <= MAX_OVERLAP_SECONDS:
+        raise InvalidInput({"overlap_seconds": f"0 to {MAX_OVERLAP_SECONDS} seconds"})
     merchant = _active(s, merchant_id)
     key = random_key(KEY_PREFIX)
+    until = rules.now() + dt.timedelta(seconds=overlap_seconds) if overlap_seconds else None
+    merchant.previous_key_digest = merchant.key_digest if until else None
+    merchant.previous_key_until = until
     merchant.key_digest = key_digest(rules, key)
     merchant.digest_key_id = rules.vault.hmac_key_id
     merchant.key_hint = key[: len(KEY_PREFIX) + 4]
-    audit.record(s, rules, "operator", "merchant.rotate-key", f"merchant:{merchant_id}")
-    return views.MerchantKey(merchant_id, merchant.name, merchant.domain, key)
+    subject = f"merchant:{merchant_id}"
+    audit.record(s, rules, "operator", "merchant.rotate-key", subject, overlap_seconds=overlap_seconds)
+    return views.MerchantKey(merchant_id, merchant.name, merchant.domain, key, until)
 
 
 def remove(s: Session, rules: Rules, merchant_id: str) -> None:
@@ -80,6 +91,7 @@ def remove(s: Session, rules: Rules, merchant_id: str) -> None:
     merchant.removed_at = rules.now()
     # The digest is replaced so the old key can never match again; payments keep their merchant id.
     merchant.key_digest = "removed:" + merchant_id
+    merchant.previous_key_digest = merchant.previous_key_until = None
     audit.record(s, rules, "operator", "merchant.remove", f"merchant:{merchant_id}")
 
 
@@ -107,11 +119,20 @@ def authenticate(s: Session, rules: Rules, key: str) -> MerchantAuth | None:
             Merchant.active,
             Merchant.key_digest,
             Merchant.digest_key_id,
-        ).where(Merchant.key_digest.in_(digests))
+        ).where(
+            or_(
+                Merchant.key_digest.in_(digests),
+                # The key a rotate-key replaced, during its overlap (never rehashed: it expires).
+                and_(Merchant.previous_key_digest.in_(digests), Merchant.previous_key_until > rules.now()),
+            )
+        )
     ).first()
     if row is None or not row.active:
         return None
-    if (row.key_digest, row.digest_key_id) != (digests[0], rules.vault.hmac_key_id):
+    if row.key_digest in digests and (row.key_digest, row.digest_key_id) != (
+        digests[0],
+        rules.vault.hmac_key_id,
+    ):
         # Conditional: a concurrent rotate-key wins.
         s.execute(
             update(Merchant)

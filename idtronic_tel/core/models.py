@@ -79,6 +79,9 @@ class Merchant(Base):
     # The hmac.key id (crypto.key_id) key_digest was computed with; NULL: written before key rotation.
     digest_key_id: Mapped[str | None] = mapped_column(String(16))
     key_hint: Mapped[str] = mapped_column(String(20))  # prefix + 4 chars, for the operator's listings
+    # The key a rotate-key with an overlap replaced: it still authenticates until previous_key_until.
+    previous_key_digest: Mapped[str | None] = mapped_column(String(64), index=True)
+    previous_key_until: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     suspended: Mapped[bool] = mapped_column(Boolean, default=False)
     notice: Mapped[str] = mapped_column(Text, default="")

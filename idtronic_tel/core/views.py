@@ -99,6 +99,10 @@ class MerchantKey:
     name: str
     domain: Annotated[str | None, about("the web domain its SMS codes are bound to")]
     api_key: Annotated[str, about("shown only in this answer")]
+    previous_key_valid_until: Annotated[
+        dt.datetime | None,
+        about("rotate-key with overlap_seconds: until when the replaced key still works", omit_none=True),
+    ] = None
 
 
 @dataclass(frozen=True)
