@@ -299,20 +299,13 @@ def _postgres_cpu() -> float:
     return sum(_postgres_cpu_by_role())
 
 
-def _cpu_line() -> list[int]:
-    """The first line of /proc/stat: user nice system idle iowait irq softirq steal ..., in ticks."""
-    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-
-
-def _machine_cpu() -> float:
-    fields = _cpu_line()
+def _machine_cpu() -> tuple[float, float]:
+    """CPU seconds of the machine (all CPUs) busy, and of those the steal: the hypervisor running other
+    guests while this one wanted to run (first line of /proc/stat: user nice system idle iowait irq
+    softirq steal ...)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     busy = sum(fields) - fields[3] - fields[4]  # minus idle and iowait
-    return busy / TICKS
-
-
-def _steal() -> float:
-    """CPU seconds the hypervisor ran other guests while this one wanted to run (all CPUs)."""
-    return _cpu_line()[7] / TICKS
+    return busy / TICKS, fields[7] / TICKS
 
 
 def _children(pid: int) -> list[int]:
@@ -336,7 +329,7 @@ class CpuMeter:
         self._pids = [d.proc.pid for d in daemons]
 
     def snapshot(self) -> tuple[float, float, float]:
-        return sum(_cpu_of(p) for p in with_workers(self._pids)), _postgres_cpu(), _machine_cpu()
+        return sum(_cpu_of(p) for p in with_workers(self._pids)), _postgres_cpu(), _machine_cpu()[0]
 
 
 # ---- phases -----------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every end-to-end configuration of bench/RESULTS.md, one after the other (about 20 minutes on 2 cores):
+# Every end-to-end configuration of bench/RESULTS.md, one after the other (about 7 minutes on 2 cores):
 #
 #     bench/e2e_all.sh [OUT]        # OUT defaults to bench/e2e
 #

@@ -47,9 +47,7 @@ from api_bench import (  # noqa: E402
     _cpu_of,
     _cpu_split,
     _machine_cpu,
-    _postgres_cpu,
     _postgres_cpu_by_role,
-    _steal,
     prepare,
     start_daemons,
     stop_daemons,
@@ -212,14 +210,13 @@ class Meter:
         self.pg = setup.backend == "postgresql"
 
     def snapshot(self) -> tuple[float, ...]:
-        daemon = sum(_cpu_of(p) for p in with_workers(self.daemons))
-        pg = _postgres_cpu() if self.pg else 0.0
-        kernel = sum(_cpu_split(p)[1] for p in with_workers(self.daemons))
-        steal = _steal()
-        common = (daemon, pg, _cpu_of(self.smsc), _machine_cpu() - steal, time.monotonic(), kernel, steal)
-        if not self.pg:
-            return common
-        return common + _postgres_cpu_by_role() + _postgres_counters(self.setup)
+        splits = [_cpu_split(p) for p in with_workers(self.daemons)]  # (user, kernel) of each process
+        daemon, kernel = sum(map(sum, splits)), sum(k for _, k in splits)
+        pg_roles = _postgres_cpu_by_role() if self.pg else (0.0, 0.0)
+        busy, steal = _machine_cpu()
+        now = time.monotonic()
+        common = (daemon, sum(pg_roles), _cpu_of(self.smsc), busy - steal, now, kernel, steal)
+        return common + pg_roles + _postgres_counters(self.setup) if self.pg else common
 
 
 def summarise(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 LIBRARY = (
@@ -42,13 +43,19 @@ def _area(frames: list[str]) -> str:
     return "partial stack"
 
 
+def _stacks(text: str) -> Iterator[tuple[list[str], int]]:
+    """Each stack of the profile (frames from the root, line numbers dropped) and its sample count."""
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if count.isdigit():  # else blank, or cut short when py-spy was stopped
+            yield [_LINE.sub(")", f) for f in stack.split(";")], int(count)
+
+
 def area_samples(text: str) -> Counter[str]:
     """Samples per area (see `_area`)."""
     areas: Counter[str] = Counter()
-    for line in text.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if count.isdigit():
-            areas[_area([_LINE.sub(")", f) for f in stack.split(";")])] += int(count)
+    for frames, n in _stacks(text):
+        areas[_area(frames)] += n
     return areas
 
 
@@ -69,13 +76,8 @@ def summarise(text: str, top: int = 40) -> str:
     threads: Counter[str] = Counter()
     areas: Counter[str] = Counter()
     total = 0
-    for line in text.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue  # blank, or cut short when py-spy was stopped
-        n = int(count)
+    for frames, n in _stacks(text):
         total += n
-        frames = [_LINE.sub(")", f) for f in stack.split(";")]
         root = frames[0]
         threads[
             "database threads"

@@ -11,6 +11,7 @@ from typing import Any
 import fastjsonschema
 
 from ..core.currencies import CODES
+from ..core.merchants import MAX_OVERLAP_SECONDS
 from . import safejson
 from .errors import ApiError
 
@@ -126,13 +127,12 @@ MERCHANT = BodySchema(
     )
 )
 REASON = BodySchema((text("reason", "at most 500 characters", 500).optional(),))
-# The replaced key keeps working this long (core/merchants.py, MAX_OVERLAP_SECONDS: 7 days).
 ROTATE_KEY = BodySchema(
     (
         Field(
             "overlap_seconds",
-            {"type": "integer", "minimum": 0, "maximum": 604800},
-            "an integer number of seconds, 0 to 604800 (7 days)",
+            {"type": "integer", "minimum": 0, "maximum": MAX_OVERLAP_SECONDS},
+            f"an integer number of seconds, 0 to {MAX_OVERLAP_SECONDS} (7 days)",
         ).optional(),
     )
 )
